@@ -1,0 +1,3 @@
+from sparsekit.cli import main
+
+main()

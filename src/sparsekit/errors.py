@@ -1,0 +1,7 @@
+"""User-facing errors: one clear line, exit code 2, never a stack trace."""
+
+
+class UsageError(Exception):
+    """Bad input from the user. The message names the problem and the fix."""
+
+    exit_code = 2
