@@ -1,0 +1,1 @@
+"""Evaluation: perplexity with the SparseGPT/Wanda protocol."""

