@@ -7,10 +7,18 @@ wide coalesced loads and the per-value decode is a handful of register ops:
 * Each program owns ``BN`` output rows and walks K in steps of ``BG`` groups (``4*BG`` dense
   columns). Per step it loads a ``[BN, 2*BG]`` tile of ``values`` (each row a contiguous run
   of ``4*BG`` bytes: 16-byte vector loads, full 128-byte lines across a warp) and a
-  ``[BN, BG/8]`` tile of ``meta`` (one int32 per 8 groups, also contiguous). The tile is
+  ``[BN, BG/4]`` tile of ``meta`` (one int16 per 4 groups, also contiguous). The tile is
   reshaped to ``[BN, BG, 2]`` and split into the low/high slot values in registers.
-* Indices are decoded with a shift and masks: ``nib = word >> 4*(g % 8) & 15``,
+* Indices are decoded with a shift and masks: ``nib = word >> 4*(g % 4) & 15``,
   ``i0 = nib & 3``, ``i1 = nib >> 2``. No lookup table, no gather from memory.
+  Each meta element is repeated 4x along K with ``tl.join`` (in-thread) rather than
+  broadcast+reshape, which Triton lowers through shared memory.
+* Layout rule found by reading the sm_90 TTGIR/SASS (compiled here without a GPU): for
+  16-bit weights use ``bg = 128`` and ``bn = num_warps`` in the gemv kernel. Then one warp
+  owns one row per step, each lane holds exactly one 16-byte value vector (4 groups) and
+  its one int16 of meta, and the only cross-lane traffic left is the small ``x`` slice
+  (values stream LDG.128 straight into FMAs; 40 registers, no spills). Larger ``bn`` per
+  warp makes Triton shuffle the decoded indices or the values through shared memory.
 * ``x`` for the step is one contiguous ``[BM, 4*BG]`` load (L1/L2 resident, evict-last),
   split into the 4 in-group lanes ``x0..x3`` in registers. Because ``i0 in {0,1,2}`` and
   ``i1 in {1,2,3}``, each kept value picks its activation with two selects.
