@@ -1,0 +1,1 @@
+"""Calibration statistics: per-layer input accumulators (pure tensor code, no hooks)."""

@@ -1,0 +1,1 @@
+"""Pruning math: masks, Wanda scores and SparseGPT (pure tensor functions, no model glue)."""
