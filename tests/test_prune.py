@@ -230,3 +230,33 @@ def test_existing_output_needs_overwrite(tiny_model_dir, cli, tmp_path):
     assert code == 2 and "--overwrite" in stderr and (out / "keep.txt").exists()
     code, _, _ = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude", "--overwrite"))
     assert code == 0 and not (out / "keep.txt").exists() and (out / "sparsekit.json").exists()
+
+
+@pytest.mark.parametrize("seqlen", [8, 16])
+def test_sliding_mask_covering_the_window_is_dropped_with_the_same_result(seqlen):
+    """Gemma-3 tiny has an 8-token window: at seqlen 8 its sliding mask is plainly causal and is
+    replaced by SDPA's causal path; at 16 it is kept. Either way the engine reproduces the model."""
+    from sparsekit.calibrate.capture import capture_layer_calls
+
+    model = tiny_model("gemma3")
+    ids = calib_ids(3, seqlen)
+    calls = capture_layer_calls(model, [ids])
+    masks = [kw.get("attention_mask") for _, kw in calls.args[3]]
+    assert masks[1] is None  # full attention layer: causal, handled by SDPA
+    assert (masks[0] is None) == (seqlen == 8)
+    reference = layer_outputs(model, lambda: model(input_ids=ids, use_cache=False))
+    targets = prunable_linears(model)
+    engine = layer_outputs(model, lambda: prune_model(model, PruneSpec("wanda", 0.0), targets,
+                                                      calibration=ids, batch_size=3))
+    for i, ref in reference.items():
+        assert torch.allclose(engine[i][-1], ref[0], atol=1e-5, rtol=1e-4)
+
+
+def test_causal_mask_is_kept_for_eager_attention():
+    from sparsekit.calibrate.capture import drop_plain_causal_mask
+
+    model = tiny_model("llama")
+    causal = torch.ones(4, 4, dtype=torch.bool).tril().expand(2, 1, 4, 4)
+    assert drop_plain_causal_mask({"attention_mask": causal}, model)["attention_mask"] is None
+    model.config._attn_implementation = "eager"
+    assert drop_plain_causal_mask({"attention_mask": causal}, model)["attention_mask"] is causal

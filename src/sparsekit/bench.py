@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from sparsekit.kernels.linear import sparsify_model_24
-from sparsekit.kernels.sparse24 import mask_24_magnitude
 
 RANDOM_MODELS = {
     "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -32,12 +31,14 @@ RANDOM_MODELS = {
 
 
 def prune_24_(model: nn.Module) -> list[str]:
-    """Magnitude 2:4 on every Linear inside the decoder layers (not lm_head), in place."""
+    """Magnitude 2:4 on every prunable linear of the decoder layers (not lm_head), in place."""
+    from sparsekit.models import prunable_linears
+    from sparsekit.prune.masks import apply_mask_, nm_mask
+
     pruned = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and ".layers." in f".{name}" and mod.in_features % 4 == 0:
-            with torch.no_grad():
-                mod.weight.mul_(mask_24_magnitude(mod.weight).to(mod.weight.dtype))
+    for name, lin in prunable_linears(model).items():
+        if lin.in_features % 4 == 0:
+            apply_mask_(lin.weight, nm_mask(lin.weight.detach().abs(), 2, 4))
             pruned.append(name)
     return pruned
 

@@ -410,6 +410,72 @@ def _print_prune_table(run, model) -> None:
     out.print(table)
 
 
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[Optional[str], typer.Argument(
+        help="A 2:4-pruned model directory (or any model: its exact 2:4 linears are swapped). "
+             "Leave out with --random.")] = None,
+    random: Annotated[Optional[str], typer.Option(
+        "--random", help="Benchmark a random-weight model instead, pruned 2:4 by magnitude on the fly: "
+                         "llama-3-8b, llama-3-1b, llama-tiny, or a config.json path.")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Sequences decoded together.")] = 1,
+    prompt: Annotated[int, typer.Option("--prompt", help="Prompt tokens (prefill).")] = 512,
+    new: Annotated[int, typer.Option("--new", help="New tokens generated (decode).")] = 128,
+    dtype: Annotated[str, typer.Option("--dtype", help="bfloat16, float16 or float32.")] = "bfloat16",
+    device: Annotated[str, typer.Option("--device", help="cuda (default when a GPU is visible) or cpu.")] = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Decode and prefill tokens/s and peak memory, dense versus 2:4 sparse kernels.
+
+    Both runs use the same runtime (static KV cache; on CUDA the decode step is captured in a
+    CUDA graph) and their greedy outputs are checked against each other.
+    """
+    import torch
+
+    from sparsekit.bench import random_model, run_bench
+    from sparsekit.models import DTYPES, resolve_device
+
+    if (model is None) == (random is None):
+        raise UsageError("give a MODEL or --random NAME (not both)")
+    if min(batch, prompt, new) < 1:
+        raise UsageError("--batch, --prompt and --new must be at least 1")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    dev = resolve_device(device)
+    dev = "cuda" if dev == "auto" else dev
+    _quiet_transformers()
+    if random is not None:
+        with err.status(f"building random {random} ..."):
+            try:
+                m = random_model(random, dtype=DTYPES[dtype], device=dev)
+            except (OSError, ValueError):
+                from sparsekit.bench import RANDOM_MODELS
+
+                raise UsageError(f"--random {random}: not a known size or a readable config.json: use one of "
+                                 f"{', '.join(RANDOM_MODELS)}, or a path to a config.json") from None
+        tok = None
+    else:
+        loaded, _ = _load(model, dtype, dev, False, json_out)
+        m, tok = loaded.model, loaded.tokenizer
+    with err.status("benchmarking dense, then 2:4 sparse ..."):
+        result = run_bench(m, tok, batch=batch, prompt_len=prompt, new_tokens=new, device=dev)
+    if json_out:
+        _emit_json(result)
+        return
+    table = Table(title=f"sparsekit bench: {random or model}, batch {batch}, prompt {prompt}, new {new}")
+    for col in ("", "decode tok/s", "prefill tok/s", "peak memory GiB", "weights GiB", "CUDA graph"):
+        table.add_column(col, justify="right")
+    for kind in ("dense", "sparse"):
+        r = result[kind]
+        peak = r.get("peak_memory_bytes")
+        table.add_row(kind, f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_tokens_per_s']:.1f}",
+                      "-" if peak is None else f"{peak / 2**30:.2f}", f"{r['weight_bytes'] / 2**30:.2f}",
+                      str(r.get("cuda_graph")))
+    out.print(table)
+    out.print(f"Speedup: decode {result['speedup_decode']:.2f}x, prefill {result['speedup_prefill']:.2f}x; "
+              f"{result['swapped_layers']} linears swapped; greedy tokens match: {result['tokens_match']}")
+
+
 def main() -> None:
     try:
         app()

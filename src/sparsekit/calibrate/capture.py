@@ -54,6 +54,22 @@ def layer_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def drop_plain_causal_mask(kwargs: dict, model: nn.Module) -> dict:
+    """With SDPA attention, an explicit boolean mask that is exactly causal (e.g. Gemma-3's
+    sliding-window mask when the window covers the whole sequence) is replaced by None, which
+    SDPA computes as `is_causal` on its fast path: the same result, several times faster on CPU.
+    Only for SDPA: eager attention reads None as "no mask at all"."""
+    mask = kwargs.get("attention_mask")
+    if (getattr(model.config, "_attn_implementation", None) != "sdpa" or not isinstance(mask, torch.Tensor)
+            or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[-1] != mask.shape[-2]):
+        return kwargs
+    t = mask.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril_()
+    if torch.equal(mask, causal.expand_as(mask)):
+        kwargs = dict(kwargs, attention_mask=None)
+    return kwargs
+
+
 def _returns_tuple() -> bool:
     import transformers
 
@@ -80,7 +96,7 @@ def capture_layer_calls(model: nn.Module, batches: list[torch.Tensor],
             if state["full"]:
                 kwargs = {k: v for k, v in kwargs.items() if k not in _DROP}
                 kwargs["use_cache"] = False
-                recording.append((args, kwargs))
+                recording.append((args, drop_plain_causal_mask(kwargs, model)))
             if index == len(layers) - 1 or not state["full"]:
                 raise _Stop
             return (hidden_states,) if as_tuple else hidden_states
