@@ -1,0 +1,294 @@
+"""Load what ``export_model`` writes (and plain pruned directories) into a runnable model.
+
+* ``sparse24``: every compressed linear becomes a
+  :class:`~sparsekit.kernels.linear.Sparse24Linear`, converted straight from the bitmask
+  (no dense copy of the layer, let alone of the model);
+* ``bitmask``: compressed linears are decoded, one at a time, into dense ``nn.Linear``
+  weights (there is no unstructured sparse kernel);
+* ``dense`` exports and plain directories: an ordinary ``from_pretrained``.
+
+Compressed checkpoints are built weightless on the meta device (accelerate's
+``init_empty_weights``; buffers such as rotary frequencies stay real), then every stored
+tensor is assigned in place as it is read, so memory holds the model once.
+
+The contents of ``sparsekit.json`` (recipe, per-layer sparsity, export section and, when
+present, the ``activation`` thresholds) are attached as ``model.sparsekit_meta`` (None
+without the file). Activation sparsity is *not* applied here: the activation-sparsity
+feature reads ``model.sparsekit_meta["activation"]`` and installs its hooks itself.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from sparsekit.errors import UsageError
+from sparsekit.export.formats import (BITMASK, SPARSE24, bitmask24_to_packed, decompress,
+                                      unpack_bitmask)
+from sparsekit.export.writer import DTYPES, META_FILE, weight_files
+
+_BY_CT_FORMAT = {SPARSE24: "sparse24", BITMASK: "bitmask", "dense": "dense"}
+_PARTS = ("compressed", "bitmask", "shape", "row_offsets")
+# safetensors dtype code -> (torch name, bytes per element)
+_ST_DTYPES = {"BF16": ("bfloat16", 2), "F16": ("float16", 2), "F32": ("float32", 4),
+              "F64": ("float64", 8), "I64": ("int64", 8), "I32": ("int32", 4),
+              "I16": ("int16", 2), "U8": ("uint8", 1), "I8": ("int8", 1), "BOOL": ("bool", 1),
+              "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1)}
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ct_block(config: dict) -> dict | None:
+    block = config.get("quantization_config") or config.get("compression_config")
+    if isinstance(block, dict) and (block.get("quant_method") == "compressed-tensors"
+                                    or "compression_config" in config):
+        return block
+    return None
+
+
+def is_export(path: str | Path) -> str | None:
+    """"sparse24", "bitmask" or "dense" for a sparsekit or compressed-tensors export, else None."""
+    path = Path(path)
+    config = _json(path / "config.json") or {}
+    block = _ct_block(config)
+    if block is not None:
+        fmt = (block.get("sparsity_config") or {}).get("format")
+        if fmt in _BY_CT_FORMAT:
+            return _BY_CT_FORMAT[fmt]
+    meta = _json(path / META_FILE) or {}
+    export = meta.get("export")
+    if isinstance(export, dict) and export.get("format") in ("sparse24", "bitmask", "dense"):
+        return export["format"]
+    return None
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise UsageError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+
+
+def _compressed_prefixes(keys: set[str]) -> set[str]:
+    return {k[: -len(".bitmask")] for k in keys
+            if k.endswith(".bitmask") and k[: -len(".bitmask")] + ".compressed" in keys}
+
+
+def _key_index(path: Path) -> dict[str, Path]:
+    """tensor name -> safetensors file holding it."""
+    index = {}
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            index.update({k: file for k in f.keys()})
+    return index
+
+
+def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> bool:
+    """Put ``tensor`` in place of parameter/buffer ``key``, in that slot's dtype."""
+    module_name, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return False
+    if attr in module._parameters and module._parameters[attr] is not None:
+        old = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(tensor.to(old.dtype), requires_grad=False)
+    elif attr in module._buffers and module._buffers[attr] is not None:
+        old = module._buffers[attr]
+        module._buffers[attr] = tensor.to(old.dtype) if tensor.is_floating_point() else tensor
+    else:
+        return False
+    return True
+
+
+def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remote_code: bool):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sparsekit.kernels.linear import Sparse24Linear
+    from sparsekit.kernels.sparse24 import pack_24
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    block = getattr(config, "quantization_config", None) or {}
+    if isinstance(block, dict) and block.get("config_groups"):
+        raise UsageError(f"{path}: quantized compressed-tensors checkpoints are not supported; "
+                         "sparsekit loads sparse-only (16/32-bit) exports")
+    for attr in ("quantization_config", "compression_config"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    if dtype is None:
+        stored = str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
+        dtype = _resolve_dtype(stored)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    where = _key_index(path)
+    prefixes = _compressed_prefixes(set(where))
+    unexpected = []
+    for file in sorted(set(where.values())):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                prefix, _, part = key.rpartition(".")
+                if prefix in prefixes and part in _PARTS:
+                    continue
+                if not _assign(model, key, f.get_tensor(key)):
+                    unexpected.append(key)
+    for prefix in sorted(prefixes):
+        linear = model.get_submodule(prefix)
+        if not isinstance(linear, nn.Linear):
+            raise UsageError(f"{path}: compressed tensor {prefix} is not a linear layer of "
+                             f"{type(model).__name__}")
+        parts = {}
+        for part in _PARTS[:3]:
+            with safe_open(str(where[f"{prefix}.{part}"]), framework="pt") as f:
+                parts[part] = f.get_tensor(f"{prefix}.{part}")
+        n, k = (int(v) for v in parts["shape"].reshape(-1).tolist())
+        if (n, k) != (linear.out_features, linear.in_features):
+            raise UsageError(f"{path}: {prefix} is stored as {n}x{k} but the model expects "
+                             f"{linear.out_features}x{linear.in_features}")
+        parts["compressed"] = parts["compressed"].to(linear.weight.dtype)
+        bias = linear.bias if linear.bias is not None and not linear.bias.is_meta else None
+        if fmt == "sparse24":
+            try:
+                packed = bitmask24_to_packed(parts["compressed"], parts["bitmask"], parts["shape"])
+            except ValueError:  # another tool's groups with != 2 bits: via dense (checks 2:4)
+                packed = pack_24(decompress(parts["compressed"], parts["bitmask"], parts["shape"]))
+            parent, _, child = prefix.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child,
+                    Sparse24Linear.from_packed(packed, bias=bias))
+        else:
+            dense = decompress(parts["compressed"], parts["bitmask"], parts["shape"])
+            linear.weight = nn.Parameter(dense, requires_grad=False)
+    model.tie_weights()
+    if unexpected:
+        warnings.warn(f"{path}: {len(unexpected)} stored tensor(s) not used by the model, "
+                      f"e.g. {unexpected[0]}", stacklevel=3)
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing:
+        raise UsageError(f"{path}: the checkpoint lacks {len(missing)} tensor(s) the model "
+                         f"needs, e.g. {missing[0]}")
+    gen = path / "generation_config.json"
+    if gen.exists():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
+
+
+def _tokenizer(path: Path, trust_remote_code: bool):
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((path / n).exists() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
+         trust_remote_code: bool = False):
+    """Load an exported (or plain pruned) model directory: returns ``(model, tokenizer)``.
+
+    ``dtype`` None keeps the checkpoint's dtype. The model is in eval mode on ``device``
+    and carries ``model.sparsekit_meta`` (the sparsekit.json dict, or None).
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{path}: no config.json: give an exported or pruned model directory")
+    torch_dtype = _resolve_dtype(dtype)
+    fmt = is_export(path)
+    config = _json(path / "config.json") or {}
+    if _ct_block(config) is not None:
+        if fmt is None:
+            raise UsageError(f"{path}: compressed-tensors checkpoint without a sparse format "
+                             "sparsekit can read")
+        model = _load_compressed(path, fmt, torch_dtype, trust_remote_code)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code)
+    model.eval()
+    model.to(device)
+    model.sparsekit_meta = _json(path / META_FILE)
+    return model, _tokenizer(path, trust_remote_code)
+
+
+def _nbytes(slice_) -> int:
+    numel = 1
+    for d in slice_.get_shape():
+        numel *= d
+    return numel * _ST_DTYPES[slice_.get_dtype()][1]
+
+
+def describe(path: str | Path) -> dict:
+    """On-disk facts about an export, for ``sparsekit info``.
+
+    Keys: format, files, total_bytes (every file in the directory), weight_bytes (the
+    safetensors files), linear_bytes (all stored tensors of the compressed or pruned
+    layers), linear_dense_bytes (their dense size in the stored dtype), linear_ratio,
+    compressed_layers, sparsity (fraction of unset bitmask bits over those layers; a 2:4
+    slot kept as an explicit zero counts as kept; for dense exports, exact zeros of the
+    pruned layers' weights), dtype, and sparsekit_meta (the sparsekit.json dict or None).
+    """
+    path = Path(path)
+    fmt = is_export(path)
+    if fmt is None:
+        raise UsageError(f"{path}: not an exported model (no compressed-tensors sparsity "
+                         "config and no export section in sparsekit.json)")
+    meta = _json(path / META_FILE)
+    files = weight_files(path)
+    where = _key_index(path)
+    linear = dense = kept = numel = layers = 0
+    dtype = None
+    if fmt != "dense":
+        for prefix in sorted(_compressed_prefixes(set(where))):
+            with safe_open(str(where[f"{prefix}.compressed"]), framework="pt") as f:
+                comp = f.get_slice(f"{prefix}.compressed")
+                dtype, itemsize = _ST_DTYPES[comp.get_dtype()]
+            for part in _PARTS:
+                if f"{prefix}.{part}" in where:
+                    with safe_open(str(where[f"{prefix}.{part}"]), framework="pt") as f:
+                        linear += _nbytes(f.get_slice(f"{prefix}.{part}"))
+                        if part == "shape":
+                            n, k = (int(v) for v in f.get_tensor(f"{prefix}.shape").reshape(-1))
+                        if part == "bitmask":
+                            bits = f.get_tensor(f"{prefix}.bitmask")
+            dense += n * k * itemsize
+            kept += int(unpack_bitmask(bits, k).sum())
+            numel += n * k
+            layers += 1
+    else:
+        for name in sorted((meta or {}).get("layers") or {}):
+            key = f"{name}.weight"
+            if key in where:
+                with safe_open(str(where[key]), framework="pt") as f:
+                    w = f.get_tensor(key)
+                dtype = str(w.dtype).replace("torch.", "")
+                linear += w.numel() * w.element_size()
+                kept += int((w != 0).sum())
+                numel += w.numel()
+        dense = linear
+    return {
+        "format": fmt,
+        "files": len(files),
+        "total_bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
+        "weight_bytes": sum(p.stat().st_size for p in files),
+        "linear_bytes": linear,
+        "linear_dense_bytes": dense,
+        "linear_ratio": linear / dense if dense else None,
+        "compressed_layers": layers,
+        "sparsity": 1 - kept / numel if numel else None,
+        "dtype": dtype,
+        "sparsekit_meta": meta,
+    }

@@ -1,0 +1,338 @@
+"""Export a pruned model directory as a 2:4 / bitmask compressed or plain dense checkpoint.
+
+The input is what ``sparsekit prune`` writes: a Hugging Face model directory (config.json,
+safetensors weights with exact zeros, tokenizer files) plus ``sparsekit.json``, whose
+``layers`` keys name the pruned linear modules (the *targets*).
+
+The export streams: input tensors are read one at a time with ``safe_open`` and written into
+shards of at most ``max_shard_bytes`` (plus an index when there are several), so peak memory
+is about one shard plus one layer, never the model twice. Everything is written into a
+hidden temporary directory next to ``out_dir`` and moved into place with ``os.replace`` at
+the end; any exception (or Ctrl-C) removes it, so an interrupted export leaves no ``out_dir``.
+
+Formats (on-disk layouts in :mod:`sparsekit.export.formats`):
+
+* ``sparse24``: compressed-tensors ``sparse-24-bitmask``: each target's ``.weight`` becomes
+  ``.compressed`` / ``.bitmask`` / ``.shape`` (9/16 of the dense bytes in 16-bit). A target
+  that is not exactly 2:4 is refused, never re-pruned.
+* ``bitmask``: compressed-tensors ``sparse-bitmask`` (unstructured): ``.compressed`` [nnz],
+  ``.bitmask``, ``.shape`` [2], ``.row_offsets``.
+* ``dense``: a plain checkpoint with zeros, without ``quantization_config``, loadable by
+  any transformers version.
+
+Both compressed formats add the compressed-tensors ``quantization_config`` block to
+config.json. Every format copies ``sparsekit.json`` with an added ``export`` section and
+puts a short JSON summary under the ``sparsekit`` key of each safetensors file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sparsekit.errors import UsageError
+from sparsekit.export.formats import (BITMASK, SPARSE24, compress_24, compress_bitmask,
+                                      not_24_groups)
+
+FORMATS = {"sparse24": SPARSE24, "bitmask": BITMASK, "dense": "dense"}
+# The last compressed-tensors release line that can read (decompress) the sparse formats;
+# written as the block's "version" because loaders of that era expect the key.
+COMPRESSED_TENSORS_VERSION = "0.14.0"
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+META_FILE = "sparsekit.json"
+INDEX_FILE = "model.safetensors.index.json"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files of a model directory (from the index when sharded)."""
+    directory = Path(directory)
+    index = directory / INDEX_FILE
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    single = directory / "model.safetensors"
+    return [single] if single.exists() else []
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read ({exc})") from None
+
+
+class ShardWriter:
+    """Collects tensors and writes a new shard whenever the next group would not fit."""
+
+    def __init__(self, directory: Path, max_bytes: int, metadata: dict[str, str]):
+        self.directory, self.max_bytes, self.metadata = directory, max_bytes, metadata
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []  # tensor names per written shard
+        self.total_bytes = 0
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Add tensors that belong together (one layer's); they go to the same shard."""
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self.flush()
+        self.pending.update({k: t.contiguous() for k, t in tensors.items()})
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        save_file(self.pending, str(self.directory / f".shard-{len(self.shards)}"), self.metadata)
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        """Give the shards their final names (and write the index if several); return them."""
+        self.flush()
+        count = len(self.shards)
+        names = (["model.safetensors"] if count == 1 else
+                 [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)])
+        for i, name in enumerate(names):
+            os.replace(self.directory / f".shard-{i}", self.directory / name)
+        if count > 1:
+            weight_map = {t: names[i] for i, keys in enumerate(self.shards) for t in keys}
+            index = {"metadata": {"total_size": self.total_bytes},
+                     "weight_map": dict(sorted(weight_map.items()))}
+            (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return names
+
+
+def _linear_names(config_dir: Path) -> list[str]:
+    """Names of all nn.Linear modules, from a weightless (meta device) model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(config_dir)
+    with init_empty_weights(include_buffers=True):
+        model = AutoModelForCausalLM.from_config(config)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def sparsity_block(fmt: str, targets: list[str], all_linears: list[str], global_sparsity: float,
+                   structure: str) -> dict:
+    """The compressed-tensors ``quantization_config`` for a sparse-only checkpoint.
+
+    ``targets`` is ``["Linear"]`` (the class name, as llm-compressor writes it) and ``ignore``
+    names every other nn.Linear module exactly (lm_head and any layer left dense), so the
+    compressed set is exactly ``targets`` minus ``ignore``.
+    """
+    wanted = set(targets)
+    return {
+        "quant_method": "compressed-tensors",
+        "sparsity_config": {
+            "format": fmt,
+            "global_sparsity": global_sparsity,
+            "ignore": sorted(n for n in all_linears if n not in wanted),
+            "registry_requires_subclass": False,
+            "sparsity_structure": structure,
+            "targets": ["Linear"],
+        },
+        "transform_config": {},
+        "version": COMPRESSED_TENSORS_VERSION,
+    }
+
+
+def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
+    if not (src / "config.json").is_file():
+        raise UsageError(f"{src}: no config.json: give the directory `sparsekit prune` wrote")
+    if not (src / META_FILE).is_file():
+        raise UsageError(f"{src}: no {META_FILE}, so it is not a sparsekit-pruned directory: "
+                         "run `sparsekit prune` first")
+    if not weight_files(src):
+        raise UsageError(f"{src}: no model.safetensors (or index): export needs safetensors "
+                         "weights")
+    s, o = src.resolve(), out.resolve()
+    if o == s or s.is_relative_to(o) or o.is_relative_to(s):
+        raise UsageError(f"output {out} overlaps the input {src}: choose another output directory")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} is a file: give a directory path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"output {out} already exists: choose another one or pass overwrite")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _format_offenders(offenders: list[tuple[str, int]]) -> str:
+    shown = ", ".join(f"{n} ({'K not divisible by 4' if c < 0 else f'{c} groups'})"
+                      for n, c in offenders[:3])
+    more = f" and {len(offenders) - 3} more" if len(offenders) > 3 else ""
+    return (f"{len(offenders)} targeted layer(s) are not exactly 2:4 (a group of 4 input "
+            f"columns with more than 2 nonzeros): {shown}{more}; prune with --pattern 2:4 "
+            "or export with format 'bitmask' or 'dense'")
+
+
+def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "sparse24",
+                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
+                 overwrite: bool = False, progress: Progress | None = None) -> dict:
+    """Write ``pruned_dir`` to ``out_dir`` in ``format`` ("sparse24", "bitmask" or "dense").
+
+    ``dtype`` ("bfloat16", "float16", "float32"; None keeps the stored dtype) casts floating
+    tensors on the way. Returns a summary: format, out_dir, shards, tensor_bytes (all
+    tensors), linear_bytes (tensors of the targeted layers, as written), linear_dense_bytes
+    (their dense equivalent), compressed_layers, global_sparsity, seconds.
+    """
+    from sparsekit import __version__
+
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if max_shard_bytes <= 0:
+        raise UsageError("max_shard_bytes must be positive")
+    src, out = Path(pruned_dir), Path(out_dir)
+    _check_paths(src, out, overwrite)
+    config = _read_json(src / "config.json")
+    if config.get("quantization_config") or config.get("compression_config"):
+        raise UsageError(f"{src}: already quantized or compressed (config.json has a "
+                         "quantization_config): export the directory `sparsekit prune` wrote")
+    meta = _read_json(src / META_FILE)
+    targets = sorted(meta.get("layers") or {})
+    if not targets and format != "dense":
+        raise UsageError(f"{src}/{META_FILE} lists no pruned layers: nothing to compress")
+
+    start = time.perf_counter()
+    files = weight_files(src)
+    cast = DTYPES[dtype] if dtype else None
+    recipe = meta.get("recipe") or {}
+    short = {"sparsekit_version": __version__, "export_format": format,
+             "method": recipe.get("method"), "pattern": recipe.get("pattern"),
+             "achieved_sparsity": meta.get("achieved_sparsity")}
+    st_meta = {"format": "pt", "sparsekit": json.dumps(short, sort_keys=True)}
+    weight_keys = {f"{t}.weight" for t in targets}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        writer = ShardWriter(tmp, max_shard_bytes, st_meta)
+        stats = dict(zeros=0, numel=0, linear=0, linear_dense=0, layers=0, out_dtype=None)
+        offenders: list[tuple[str, int]] = []
+        present: set[str] = set()
+        total = sum(len(safe_open(str(f), "pt").keys()) for f in files)
+        done = 0
+        for path in files:
+            with safe_open(str(path), framework="pt") as reader:
+                for key in sorted(reader.keys()):
+                    present.add(key)
+                    tensor = reader.get_tensor(key)
+                    if cast is not None and tensor.is_floating_point():
+                        tensor = tensor.to(cast)
+                    if tensor.is_floating_point():
+                        stats["zeros"] += int((tensor == 0).sum())
+                        stats["numel"] += tensor.numel()
+                    if key in weight_keys:
+                        group = _encode_target(key, tensor, format, offenders, stats)
+                    else:
+                        group = {key: tensor}
+                    if not offenders:
+                        writer.add(group)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total, key)
+        missing = sorted(weight_keys - present)
+        if missing:
+            raise UsageError(f"{len(missing)} pruned layer(s) listed in {META_FILE} have no "
+                             f"weight in the checkpoint, e.g. {missing[0]}")
+        if offenders:
+            raise UsageError(_format_offenders(offenders))
+        shards = writer.finish()
+
+        global_sparsity = stats["zeros"] / stats["numel"] if stats["numel"] else 0.0
+        if format != "dense":
+            structure = "2:4" if format == "sparse24" or recipe.get("pattern") == "2:4" \
+                else "unstructured"
+            try:
+                linears = _linear_names(src)
+            except Exception:  # custom architectures: fall back to the usual head name
+                linears = ["lm_head"]
+            config["quantization_config"] = sparsity_block(
+                FORMATS[format], targets, linears, global_sparsity, structure)
+        if cast is not None:
+            config["dtype"] = dtype
+            if "torch_dtype" in config:
+                config["torch_dtype"] = dtype
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+        summary = {"format": format, "out_dir": str(out), "shards": len(shards),
+                   "tensor_bytes": writer.total_bytes, "linear_bytes": stats["linear"],
+                   "linear_dense_bytes": stats["linear_dense"],
+                   "compressed_layers": stats["layers"] if format != "dense" else 0,
+                   "global_sparsity": global_sparsity,
+                   "dtype": str(stats["out_dtype"]).replace("torch.", "") if stats["out_dtype"]
+                   else None}
+        meta_out = dict(meta)
+        meta_out["export"] = {"sparsekit_version": __version__,
+                              "compressed_tensors_format": FORMATS[format],
+                              **{k: v for k, v in summary.items() if k != "out_dir"}}
+        (tmp / META_FILE).write_text(json.dumps(meta_out, indent=2) + "\n")
+        _copy_side_files(src, tmp, files)
+        _move_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _encode_target(key: str, weight: torch.Tensor, format: str,
+                   offenders: list[tuple[str, int]], stats: dict) -> dict[str, torch.Tensor]:
+    """The tensors that replace one targeted ``<prefix>.weight`` (or it unchanged: dense)."""
+    prefix = key[: -len(".weight")]
+    if weight.dim() != 2:
+        raise UsageError(f"pruned layer {prefix} has a {weight.dim()}-D weight; only linear "
+                         "layers (2-D weights) can be exported")
+    stats["linear_dense"] += weight.numel() * weight.element_size()
+    stats["out_dtype"] = weight.dtype
+    if format == "sparse24":
+        bad = not_24_groups(weight)
+        if bad:
+            offenders.append((prefix, bad))
+            return {}
+        if offenders:  # already refusing: only check the remaining layers
+            return {}
+        compressed, bitmask, shape = compress_24(weight)
+        group = {f"{prefix}.compressed": compressed, f"{prefix}.bitmask": bitmask,
+                 f"{prefix}.shape": shape}
+    elif format == "bitmask":
+        compressed, bitmask, shape, row_offsets = compress_bitmask(weight)
+        group = {f"{prefix}.compressed": compressed, f"{prefix}.bitmask": bitmask,
+                 f"{prefix}.shape": shape, f"{prefix}.row_offsets": row_offsets}
+    else:
+        group = {key: weight}
+    stats["layers"] += 1
+    stats["linear"] += sum(t.numel() * t.element_size() for t in group.values())
+    return group
+
+
+def _copy_side_files(src: Path, dst: Path, weights: list[Path]) -> None:
+    """Tokenizer, generation config, chat template, README...: every plain file except the
+    weights, their index, config.json and sparsekit.json (written fresh)."""
+    skip = {p.name for p in weights} | {INDEX_FILE, "config.json", META_FILE}
+    for item in src.iterdir():
+        if (item.is_file() and item.name not in skip and not item.name.startswith(".")
+                and not item.name.endswith((".safetensors", ".bin", ".pt", ".pth"))):
+            shutil.copy2(item, dst / item.name)

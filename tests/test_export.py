@@ -1,0 +1,417 @@
+"""Export (sparse24 / bitmask / dense safetensors) and load: codecs, files, round trips."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+from safetensors import safe_open
+from torch import nn
+
+from sparsekit.errors import UsageError
+from sparsekit.export import describe, export_model, is_export, load
+from sparsekit.export import writer as writer_mod
+from sparsekit.export.formats import (bitmask24_to_packed, compress_24, compress_bitmask,
+                                      decompress, pack_bitmask, unpack_bitmask)
+from sparsekit.kernels.linear import Sparse24Linear
+from sparsekit.kernels.sparse24 import mask_24_magnitude, pack_24
+from sparsekit.models import prunable_linears
+
+IDS = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def make_pruned(path: Path, tokenizer, arch: str = "llama", dtype=torch.float32,
+                pattern: str = "2:4", edit=None, shard: str | None = None, extra=None,
+                tied: bool = False):
+    """A pruned directory as `sparsekit prune` writes it; returns (path, model, targets)."""
+    model = tiny_model(arch, dtype=dtype) if not tied else tied_model(arch, dtype)
+    targets = prunable_linears(model)
+    with torch.no_grad():
+        for lin in targets.values():
+            w = lin.weight
+            if pattern == "2:4":
+                w.mul_(mask_24_magnitude(w))
+            else:  # unstructured 50% by magnitude
+                w.mul_(w.abs() >= w.abs().float().median().to(w.dtype))
+        if edit is not None:
+            edit(model, targets)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+    meta = {"sparsekit_version": "0.1.0",
+            "recipe": {"method": "magnitude", "pattern": pattern, "sparsity": 0.5,
+                       "targets": None, "ignore": None},
+            "layers": {n: {"target": 0.5, "achieved": 0.5} for n in targets},
+            "achieved_sparsity": 0.5, **(extra or {})}
+    (path / "sparsekit.json").write_text(json.dumps(meta))
+    return path, model, sorted(targets)
+
+
+def tied_model(arch: str, dtype):
+    """Like tiny_model but with lm_head tied to the embedding (as in Gemma-3-270M)."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.08)
+    return model.eval()
+
+
+@torch.no_grad()
+def logits(model):
+    return model(IDS).logits.float()
+
+
+def st_header(file: Path) -> dict:
+    """The JSON header of a safetensors file, read by hand (independent of the code tested)."""
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def all_headers(directory: Path) -> dict:
+    out = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        out.update({k: v for k, v in st_header(file).items() if k != "__metadata__"})
+    return out
+
+
+def nbytes(entry: dict) -> int:
+    start, end = entry["data_offsets"]
+    return end - start
+
+
+# --- codecs -------------------------------------------------------------------------------
+
+def test_hand_built_24_example():
+    w = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, -4],
+                      [0.0, 0, 0, 5, 6, 7, 0, 0]])
+    compressed, bitmask, shape = compress_24(w)
+    # row 0 keeps columns 0, 2, 5, 7; row 1 keeps the nonzero column 3 plus the lowest zero
+    # column 0 of its first group (explicit zero), then columns 4, 5
+    assert compressed.tolist() == [[1, 2, 3, -4], [0, 5, 6, 7]]
+    assert bitmask.dtype == torch.uint8 and bitmask.shape == (2, 1)
+    assert bitmask.tolist() == [[0b10100101], [0b00111001]]
+    assert shape.dtype == torch.int64 and shape.tolist() == [[2], [8]]
+    assert torch.equal(decompress(compressed, bitmask, shape), w)
+    # direct conversion to the kernel layout equals packing the dense weight
+    packed, ref = bitmask24_to_packed(compressed, bitmask, shape), pack_24(w)
+    assert torch.equal(packed.values, ref.values) and torch.equal(packed.meta, ref.meta)
+
+
+def test_hand_built_bitmask_example():
+    w = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, -4, 0, 0, 9, 0],
+                      [0.0, 0, 0, 5, 6, 7, 0, 0, 0, 0, 0, 0]])
+    compressed, bitmask, shape, row_offsets = compress_bitmask(w)
+    assert compressed.tolist() == [1, 2, 3, -4, 9, 5, 6, 7]
+    assert bitmask.tolist() == [[0b10100101, 0b00000100], [0b00111000, 0]]
+    assert shape.tolist() == [2, 12] and shape.dim() == 1 and shape.dtype == torch.int64
+    assert row_offsets.tolist() == [0, 5]
+    assert torch.equal(decompress(compressed, bitmask, shape), w)
+
+
+def test_bitmask_pack_unpack_roundtrip():
+    mask = torch.rand(5, 37, generator=torch.Generator().manual_seed(1)) > 0.5
+    packed = pack_bitmask(mask)
+    assert packed.shape == (5, 5)
+    assert torch.equal(unpack_bitmask(packed, 37), mask)
+    assert int(packed[:, -1].max()) < 32  # bits past K=37 (5 used in the last byte) are 0
+
+
+@pytest.mark.parametrize("k", [8, 72, 200])
+def test_bitmask_to_packed_matches_pack_24(k):
+    g = torch.Generator().manual_seed(k)
+    w = torch.randn(6, k, generator=g) * mask_24_magnitude(torch.randn(6, k, generator=g))
+    w[0, :8] = 0  # groups with no nonzeros
+    w[1, 1:4] = 0  # a group with one nonzero
+    w = w.to(torch.bfloat16)
+    packed, ref = bitmask24_to_packed(*compress_24(w)), pack_24(w)
+    assert torch.equal(packed.values, ref.values) and torch.equal(packed.meta, ref.meta)
+
+
+def test_negative_zero_is_not_kept():
+    w = torch.tensor([[1.0, -0.0, 2.0, 0.0, -0.0, 0.0, 0.0, 5.0]])
+    compressed, bitmask, _ = compress_24(w)  # 3 "nonzeros" in group 0 if -0.0 counted
+    assert bitmask.tolist() == [[0b10010101]]  # columns 0, 2 | 4 (lowest zero), 7
+    assert compressed.tolist() == [[1, 2, 0, 5]]
+    assert not torch.signbit(compressed[0, 2])  # the kept zero is +0.0
+    c, b, _, offs = compress_bitmask(w)
+    assert c.tolist() == [1, 2, 5] and b.tolist() == [[0b10000101]]
+
+
+def test_compress_24_refuses_non_24():
+    with pytest.raises(ValueError, match="not 2:4"):
+        compress_24(torch.tensor([[1.0, 2.0, 3.0, 0.0]]))
+
+
+# --- export + load round trips ------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt", "qwen3"])
+def test_sparse24_roundtrip_fp32(arch, tmp_path, tiny_tokenizer):
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, arch)
+    summary = export_model(src, tmp_path / "out", "sparse24")
+    assert summary["compressed_layers"] == len(targets)
+    loaded, tok = load(tmp_path / "out")
+    swapped = [n for n, m in loaded.named_modules() if isinstance(m, Sparse24Linear)]
+    assert sorted(swapped) == targets
+    assert tok is not None and tok.encode("hello") == tiny_tokenizer.encode("hello")
+    ref = logits(model)
+    torch.testing.assert_close(logits(loaded), ref, rtol=1e-5, atol=1e-5 * ref.abs().max())
+    assert loaded.sparsekit_meta["recipe"]["pattern"] == "2:4"
+    assert loaded.sparsekit_meta["export"]["format"] == "sparse24"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sparse24_roundtrip_bf16(arch, tmp_path, tiny_tokenizer):
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, arch, dtype=torch.bfloat16)
+    export_model(src, tmp_path / "out", "sparse24")
+    loaded, _ = load(tmp_path / "out")
+    assert loaded.dtype == torch.bfloat16
+    assert all(m.values.dtype == torch.bfloat16 for m in loaded.modules()
+               if isinstance(m, Sparse24Linear))
+    # same weights, same ops: equal up to bf16 rounding
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "dense"])
+def test_bitmask_and_dense_roundtrip(fmt, tmp_path, tiny_tokenizer):
+    # unstructured pruning: fine for both formats (sparse24 would refuse it)
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, "qwen3",
+                                      pattern="unstructured")
+    export_model(src, tmp_path / "out", fmt)
+    assert is_export(tmp_path / "out") == fmt
+    loaded, _ = load(tmp_path / "out")
+    assert not any(isinstance(m, Sparse24Linear) for m in loaded.modules())
+    for name in targets:
+        assert torch.equal(loaded.get_submodule(name).weight, model.get_submodule(name).weight)
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_export_is_a_plain_checkpoint(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, "opt")
+    export_model(src, tmp_path / "out", "dense", dtype="bfloat16")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "bfloat16"
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert plain.dtype == torch.bfloat16
+    torch.testing.assert_close(logits(plain), logits(model.to(torch.bfloat16)))
+
+
+def test_load_plain_pruned_dir_and_activation_meta(tmp_path, tiny_tokenizer):
+    spec = {"activation": {"model.layers.0.mlp.down_proj": {"threshold": 0.1}}}
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, extra=spec)
+    assert is_export(src) is None
+    loaded, _ = load(src)
+    torch.testing.assert_close(logits(loaded), logits(model))
+    assert loaded.sparsekit_meta["activation"] == spec["activation"]
+    export_model(src, tmp_path / "out", "sparse24")
+    assert load(tmp_path / "out")[0].sparsekit_meta["activation"] == spec["activation"]
+
+
+def test_negative_zero_in_pruned_slot_exports(tmp_path, tiny_tokenizer):
+    def negate_zeros(model, targets):
+        w = targets["model.layers.0.mlp.up_proj"].weight
+        w[w == 0] = -0.0  # every group now shows 2 values and 2 negative zeros
+
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, edit=negate_zeros)
+    export_model(src, tmp_path / "out", "sparse24")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        comp = f.get_tensor("model.layers.0.mlp.up_proj.compressed")
+    assert not bool(torch.signbit(comp[comp == 0]).any())
+    assert describe(tmp_path / "out")["sparsity"] == 0.5
+
+
+# --- refusals and failure modes -----------------------------------------------------------
+
+def test_non_24_layer_is_refused(tmp_path, tiny_tokenizer):
+    def break_one(model, targets):
+        targets["model.layers.1.self_attn.k_proj"].weight[3, 4:8] = 1.0
+
+    src, _, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, edit=break_one)
+    with pytest.raises(UsageError) as info:
+        export_model(src, tmp_path / "out", "sparse24")
+    msg = str(info.value)
+    assert "model.layers.1.self_attn.k_proj (1 groups)" in msg and "1 targeted layer" in msg
+    assert "\n" not in msg
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
+
+
+def test_many_non_24_layers_are_listed_with_a_count(tmp_path, tiny_tokenizer):
+    src, _, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, pattern="unstructured")
+    expected = rf"{len(targets)} targeted layer.*and {len(targets) - 3} more"
+    with pytest.raises(UsageError, match=expected):
+        export_model(src, tmp_path / "out", "sparse24")
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, tiny_tokenizer, monkeypatch):
+    src, _, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer)
+    calls = []
+    real_save = writer_mod.save_file
+
+    def flaky_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(writer_mod, "save_file", flaky_save)
+    parent = tmp_path / "exports"
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(src, parent / "out", "sparse24", max_shard_bytes=20_000)
+    assert len(calls) == 3  # it did fail mid-way, after writing shards
+    assert list(parent.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(tmp_path, tiny_tokenizer):
+    src, _, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    with pytest.raises(UsageError, match="already exists"):
+        export_model(src, out, "sparse24")
+    export_model(src, out, "sparse24", overwrite=True)
+    assert not (out / "old.txt").exists() and is_export(out) == "sparse24"
+    with pytest.raises(UsageError, match="overlaps"):
+        export_model(src, src, "dense", overwrite=True)
+    assert (src / "model.safetensors").exists()
+
+
+# --- files: sharding, sizes, config block, metadata ---------------------------------------
+
+def test_sharded_export_loads_identically(tmp_path, tiny_tokenizer):
+    # sharded input too (as save_pretrained writes it for big models)
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, shard="60KB")
+    assert (src / "model.safetensors.index.json").exists()
+    export_model(src, tmp_path / "one", "sparse24")
+    seen = []
+    summary = export_model(src, tmp_path / "many", "sparse24", max_shard_bytes=20_000,
+                           progress=lambda done, total, name: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == len(seen) == len(all_headers(src))
+    files = sorted((tmp_path / "many").glob("*.safetensors"))
+    assert summary["shards"] == len(files) > 3
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    stored = {k: f.name for f in files for k in st_header(f) if k != "__metadata__"}
+    assert index["weight_map"] == stored
+    stored_bytes = sum(nbytes(v) for v in all_headers(tmp_path / "many").values())
+    assert index["metadata"]["total_size"] == stored_bytes
+    for f in files:  # a layer's tensors stay together, shards respect the limit (or hold one group)
+        assert f.stat().st_size < 20_000 + 8 + len(json.dumps(st_header(f))) + 1 or \
+            len({k.rsplit(".", 1)[0] for k in st_header(f) if k != "__metadata__"}) == 1
+    a, _ = load(tmp_path / "one")
+    b, _ = load(tmp_path / "many")
+    assert torch.equal(logits(a), logits(b))
+    torch.testing.assert_close(logits(b), logits(model), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse24_linear_bytes_are_9_16_of_dense(tmp_path, tiny_tokenizer):
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, "gemma3",
+                                      dtype=torch.bfloat16)
+    summary = export_model(src, tmp_path / "out", "sparse24")
+    headers = all_headers(tmp_path / "out")
+    compressed = bitmask = dense = 0
+    for name in targets:
+        n, k = model.get_submodule(name).weight.shape
+        dense += n * k * 2
+        assert headers[f"{name}.compressed"]["dtype"] == "BF16"
+        assert headers[f"{name}.compressed"]["shape"] == [n, k // 2]
+        assert headers[f"{name}.bitmask"]["dtype"] == "U8"
+        assert headers[f"{name}.shape"]["dtype"] == "I64"
+        assert headers[f"{name}.shape"]["shape"] == [2, 1]
+        assert f"{name}.weight" not in headers
+        compressed += nbytes(headers[f"{name}.compressed"])
+        bitmask += nbytes(headers[f"{name}.bitmask"])
+    assert (compressed + bitmask) * 16 == dense * 9
+    assert summary["linear_dense_bytes"] == dense
+    assert summary["linear_bytes"] == compressed + bitmask + 16 * len(targets)
+    info = describe(tmp_path / "out")
+    assert info["linear_bytes"] == summary["linear_bytes"]
+    assert info["compressed_layers"] == len(targets) and info["sparsity"] == 0.5
+    assert info["format"] == "sparse24" and info["dtype"] == "bfloat16"
+    assert info["weight_bytes"] == (tmp_path / "out" / "model.safetensors").stat().st_size
+
+
+def test_config_block_and_metadata(tmp_path, tiny_tokenizer):
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, "llama")
+    export_model(src, tmp_path / "out", "sparse24")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    block = config["quantization_config"]
+    assert set(block) == {"quant_method", "sparsity_config", "transform_config", "version"}
+    assert block["quant_method"] == "compressed-tensors" and block["transform_config"] == {}
+    sc = block["sparsity_config"]
+    assert sc["format"] == "sparse-24-bitmask" and sc["sparsity_structure"] == "2:4"
+    assert sc["targets"] == ["Linear"] and sc["ignore"] == ["lm_head"]
+    assert sc["registry_requires_subclass"] is False
+    zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert sc["global_sparsity"] == pytest.approx(zeros / total)
+    assert 0.2 < sc["global_sparsity"] < 0.5  # embeddings and lm_head count (dense)
+    meta = json.loads((tmp_path / "out" / "sparsekit.json").read_text())
+    assert meta["layers"].keys() == set(targets) and meta["export"]["format"] == "sparse24"
+    assert meta["export"]["compressed_tensors_format"] == "sparse-24-bitmask"
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        st_meta = f.metadata()
+    assert st_meta["format"] == "pt"
+    assert json.loads(st_meta["sparsekit"])["export_format"] == "sparse24"
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "out" / name).exists()
+
+    export_model(src, tmp_path / "bm", "bitmask")
+    config = json.loads((tmp_path / "bm" / "config.json").read_text())
+    sc = config["quantization_config"]["sparsity_config"]
+    assert sc["format"] == "sparse-bitmask"
+    headers = all_headers(tmp_path / "bm")
+    name = targets[0]
+    n, k = model.get_submodule(name).weight.shape
+    assert headers[f"{name}.shape"]["shape"] == [2]
+    assert headers[f"{name}.row_offsets"]["shape"] == [n]
+    assert headers[f"{name}.compressed"]["shape"] == [n * k // 2]
+
+
+def test_tied_embeddings_roundtrip(tmp_path, tiny_tokenizer):
+    src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, "gemma3", tied=True)
+    export_model(src, tmp_path / "out", "sparse24")
+    assert "lm_head.weight" not in all_headers(tmp_path / "out")
+    loaded, _ = load(tmp_path / "out")
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=1e-5, atol=1e-5)
+
+
+def test_export_dtype_cast_and_load_dtype(tmp_path, tiny_tokenizer):
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, "llama")
+    summary = export_model(src, tmp_path / "out", "sparse24", dtype="bfloat16")
+    assert summary["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert all_headers(tmp_path / "out")[f"{targets[0]}.compressed"]["dtype"] == "BF16"
+    loaded, _ = load(tmp_path / "out")
+    assert loaded.get_submodule(targets[0]).values.dtype == torch.bfloat16
+    as_fp32, _ = load(tmp_path / "out", dtype="float32")
+    assert as_fp32.get_submodule(targets[0]).values.dtype == torch.float32
+    assert as_fp32.lm_head.weight.dtype == torch.float32
+    assert torch.equal(as_fp32.get_submodule(targets[0]).to_dense_weight(),
+                       loaded.get_submodule(targets[0]).to_dense_weight().float())
+    # reference: transformers' own bf16 load of the pruned dir (model.to(bf16) would also
+    # round the fp32 rotary buffers, which a bf16 load keeps in fp32)
+    ref, _ = load(src, dtype="bfloat16")
+    torch.testing.assert_close(logits(loaded), logits(ref), rtol=1.6e-2, atol=1e-2)
+
+
+def test_loaded_sparse24_layers_hold_the_weights(tmp_path, tiny_tokenizer):
+    src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, "opt")
+    export_model(src, tmp_path / "out", "sparse24")
+    loaded, _ = load(tmp_path / "out")
+    for name in targets:
+        mine, ref = loaded.get_submodule(name), model.get_submodule(name)
+        assert isinstance(mine, Sparse24Linear)
+        assert torch.equal(mine.to_dense_weight(), ref.weight)
+        assert torch.equal(mine.bias, ref.bias)  # OPT linears have biases
+    assert isinstance(loaded.lm_head, nn.Linear)
