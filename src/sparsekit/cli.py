@@ -77,9 +77,13 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: b
 def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "cpu",
              trust_remote_code: TrustOpt = False, json_out: JsonOpt = False) -> None:
     """Describe a model: architecture, decoder layers, linear shapes, parameters, weight sparsity."""
+    from sparsekit.export.loader import describe, is_export
     from sparsekit.models import decoder_layers, layer_linears, linear_kind, parameter_count
     from sparsekit.sparsity import weight_sparsity
 
+    if is_export(model) in ("sparse24", "bitmask"):
+        _info_export(model, describe(model), json_out)
+        return
     loaded, _ = _load(model, dtype, device, trust_remote_code, json_out, tokenizer=False)
     m = loaded.model
     path, layers = decoder_layers(m)
@@ -105,6 +109,30 @@ def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "cpu
         table.add_row(kind, f"{o} x {i}", f"{by_kind.get(linear_kind('x.0.' + kind), 0.0):.2%}")
     out.print(table)
     out.print(f"Weight sparsity of the prunable linears: {report.overall:.2%}")
+
+
+def _info_export(path: str, facts: dict, json_out: bool) -> None:
+    meta = facts.pop("sparsekit_meta") or {}
+    facts = {"model": path, **facts, "recipe": meta.get("recipe")}
+    if json_out:
+        _emit_json(facts)
+        return
+    mib = 2 ** 20
+    table = Table(title=f"Export {path}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("format", facts["format"]), ("dtype", facts["dtype"]), ("files", facts["files"]),
+            ("compressed layers", facts["compressed_layers"]),
+            ("on disk", f"{facts['total_bytes'] / mib:.1f} MiB"),
+            ("linear weights", f"{facts['linear_bytes'] / mib:.1f} MiB of {facts['linear_dense_bytes'] / mib:.1f} "
+                               f"MiB dense ({facts['linear_ratio']:.4f})"),
+            ("sparsity of those", f"{facts['sparsity']:.2%}")]
+    if facts["recipe"]:
+        r = facts["recipe"]
+        rows.append(("recipe", f"{r.get('method')} {r.get('pattern')} @ {r.get('sparsity')}"))
+    for k, v in rows:
+        table.add_row(k, str(v))
+    out.print(table)
 
 
 @app.command("eval")
@@ -408,6 +436,50 @@ def _print_prune_table(run, model) -> None:
         layer_s = run.times.per_layer[idx] if idx < len(run.times.per_layer) else s
         table.add_row(str(idx), str(counts[idx]), f"{t / n:.2%}", f"{z / n:.2%}", f"{s:.2f}", f"{layer_s:.2f}")
     out.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    pruned: Annotated[str, typer.Argument(help="A directory written by `sparsekit prune`.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory to write the export to.")],
+    format: Annotated[str, typer.Option(
+        "--format", help="sparse24: 2:4 compressed (compressed-tensors sparse-24-bitmask, 9/16 of the "
+                         "16-bit linear bytes, runs with sparsekit's 2:4 kernels); bitmask: unstructured "
+                         "(sparse-bitmask); dense: a plain checkpoint with zeros.")] = "sparse24",
+    dtype: Annotated[Optional[str], typer.Option(
+        "--dtype", help="Cast floating-point weights: bfloat16, float16 or float32 (default: as stored; "
+                        "a model pruned on CPU is float32, so bfloat16 is usually what you want).")] = None,
+    max_shard_size: Annotated[int, typer.Option(
+        "--max-shard-size", help="Largest safetensors shard, in bytes (an index is written when sharded).")] = 2 * 1024 ** 3,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a pruned model as compressed or dense safetensors, with sparsekit's metadata.
+
+    Layers targeted by the pruning recipe are compressed; a layer that is not exactly 2:4 is
+    refused for sparse24 (never re-pruned). Written tensor by tensor into a temporary directory,
+    moved into place at the end.
+    """
+    from pathlib import Path
+
+    from sparsekit.export import FORMATS, export_model
+
+    if format not in FORMATS:
+        raise UsageError(f"unknown --format {format!r}: use one of {', '.join(FORMATS)}")
+    if not (Path(pruned) / "config.json").is_file():
+        raise UsageError(f"{pruned}: not a model directory (no config.json): give the output of `sparsekit prune`")
+    with _progress() as progress:
+        task = progress.add_task(f"exporting {format}", total=None)
+        summary = export_model(pruned, output, format=format, max_shard_bytes=max_shard_size, dtype=dtype,
+                               overwrite=overwrite,
+                               progress=lambda done, total, name: progress.update(task, completed=done, total=total))
+    if json_out:
+        _emit_json(summary)
+        return
+    mib = 2 ** 20
+    out.print(f"Exported {summary['compressed_layers']} {format} layers to {output} ({summary['shards']} shard(s), "
+              f"{summary['tensor_bytes'] / mib:.1f} MiB; linear weights {summary['linear_bytes'] / mib:.1f} MiB "
+              f"of {summary['linear_dense_bytes'] / mib:.1f} MiB dense) in {summary['seconds']:.1f} s")
 
 
 @app.command("bench")

@@ -39,7 +39,7 @@ class LoadedModel:
     tokenizer: object | None
     source: str          # what the user gave
     path: str            # local directory the weights were read from ("" for a hub id)
-    kind: str            # "dir", "gguf", "demo" or "hub"
+    kind: str            # "dir", "gguf", "demo", "hub" or "export" (compressed sparsekit export)
 
 
 def cache_dir() -> Path:
@@ -213,6 +213,14 @@ def load_model(spec: str, dtype: str = "auto", device: str = "cpu",
 
     torch_dtype = resolve_dtype(dtype, device)
     dev = resolve_device(device)
+    if Path(spec).is_dir() and (Path(spec) / "config.json").exists():
+        from sparsekit.export.loader import is_export, load
+
+        if is_export(spec) in ("sparse24", "bitmask"):  # compressed: sparse modules swapped in
+            model, tok = load(spec, device="cuda" if dev == "auto" else dev,
+                              dtype=None if torch_dtype == "auto" else torch_dtype,
+                              trust_remote_code=trust_remote_code)
+            return LoadedModel(model, tok if tokenizer else None, spec, spec, "export")
     config, where, kind = load_config(spec, trust_remote_code)
     check_supported(config)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsekit.models import linear_kind, prunable_linears
+from sparsekit.models import decoder_layers, linear_kind, prunable_linears
 
 
 @dataclass
@@ -45,13 +45,20 @@ def count_zeros(weight: torch.Tensor) -> int:
     return int((weight == 0).sum().item())
 
 
+def _sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Compressed linears swapped in by the loader (they keep no dense `.weight`)."""
+    path, layers = decoder_layers(model)
+    return {f"{path}.{i}.{name}": m for i, layer in enumerate(layers)
+            for name, m in layer.named_modules() if hasattr(m, "to_dense_weight")}
+
+
 @torch.no_grad()
 def weight_sparsity(model: nn.Module, linears: dict[str, nn.Module] | None = None) -> SparsityReport:
-    linears = prunable_linears(model) if linears is None else linears
+    linears = {**prunable_linears(model), **_sparse_modules(model)} if linears is None else linears
     per_layer = {}
     for name, lin in linears.items():
-        w = lin.weight
+        w = lin.to_dense_weight() if hasattr(lin, "to_dense_weight") else lin.weight
         if w.device.type == "meta":
             continue
         per_layer[name] = (count_zeros(w), w.numel())
-    return SparsityReport(per_layer)
+    return SparsityReport(dict(sorted(per_layer.items())))
