@@ -204,7 +204,7 @@ def derive_tables(res):
             if cand.get(best, 0) <= 1.0:
                 best = "dense"  # never slower than dense
             choice.append((m, {"s24": "triton"}.get(best, best)))
-        table, last = [], None
+        table = []
         for i, (m, b) in enumerate(choice):
             nxt = choice[i + 1][1] if i + 1 < len(choice) else None
             if b != nxt:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ARCHS, tiny_config, tiny_model
+from conftest import ARCHS, tiny_model
 from sparsekit.errors import UsageError
 from sparsekit.models import (decoder_layers, layer_linears, linear_kind, load_model, locate,
                               prunable_linears)

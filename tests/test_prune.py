@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import ARCHS, data_file, tiny_model
-from sparsekit.calibrate.engine import run_sequential
 from sparsekit.models import decoder_layers, prunable_linears
 from sparsekit.prune.masks import wanda_mask
 from sparsekit.prune.methods import PruneSpec

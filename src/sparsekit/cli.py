@@ -502,7 +502,6 @@ def bench_cmd(
     Both runs use the same runtime (static KV cache; on CUDA the decode step is captured in a
     CUDA graph) and their greedy outputs are checked against each other.
     """
-    import torch
 
     from sparsekit.bench import random_model, run_bench
     from sparsekit.models import DTYPES, resolve_device

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sparsekit.atomic import atomic_directory
 from sparsekit.errors import UsageError
 from sparsekit.export.formats import (BITMASK, SPARSE24, compress_24, compress_bitmask,
                                       not_24_groups)
@@ -167,16 +167,6 @@ def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
         raise UsageError(f"output {out} already exists: choose another one or pass overwrite")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "x")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _format_offenders(offenders: list[tuple[str, int]]) -> str:
     shown = ", ".join(f"{n} ({'K not divisible by 4' if c < 0 else f'{c} groups'})"
                       for n, c in offenders[:3])
@@ -225,9 +215,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     st_meta = {"format": "pt", "sparsekit": json.dumps(short, sort_keys=True)}
     weight_keys = {f"{t}.weight" for t in targets}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    try:
+    with atomic_directory(out, "export") as tmp:
         writer = ShardWriter(tmp, max_shard_bytes, st_meta)
         stats = dict(zeros=0, numel=0, linear=0, linear_dense=0, layers=0, out_dtype=None)
         offenders: list[tuple[str, int]] = []
@@ -290,10 +278,6 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
                               **{k: v for k, v in summary.items() if k != "out_dir"}}
         (tmp / META_FILE).write_text(json.dumps(meta_out, indent=2) + "\n")
         _copy_side_files(src, tmp, files)
-        _move_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     summary["seconds"] = time.perf_counter() - start
     return summary
 
