@@ -158,7 +158,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
 
 @torch.no_grad()
 def self_generated(model, tokenizer, nsamples: int, seqlen: int, seed: int = 0,
-                   batch_size: int = 16) -> torch.Tensor:
+                   batch_size: int = 64) -> torch.Tensor:
     """Calibration text sampled from the model itself, starting from its BOS token (temperature 1).
 
     Data-free calibration: no corpus is needed, and self-generated text is competitive with
