@@ -44,6 +44,7 @@ def main() -> None:
                 "--dtype", "float32", "--json"]
     runs = [{"method": "dense", "pattern": "-", "seed": None,
              **run_json(["sparsekit", "eval", args.model, *evaluate])}]
+    print(f"  dense: ppl {runs[0]['ppl']:.3f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="sparsekit-quality-"))
     try:
         for method in args.methods:
@@ -66,6 +67,7 @@ def main() -> None:
                     print(f"  {method} {pattern} seed={seed}: ppl {ev['ppl']:.3f}, sparsity "
                           f"{ev['weight_sparsity']:.4f}, prune {prune_s:.0f} s", flush=True)
                     shutil.rmtree(out)
+                    Path(args.out).write_text(json.dumps(runs, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         Path(args.out).write_text(json.dumps(runs, indent=1))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import ARCHS, data_file, tiny_model
+from sparsekit.calibrate.engine import run_sequential
 from sparsekit.models import decoder_layers, prunable_linears
 from sparsekit.prune.masks import wanda_mask
 from sparsekit.prune.methods import PruneSpec
@@ -259,3 +260,33 @@ def test_causal_mask_is_kept_for_eager_attention():
     assert drop_plain_causal_mask({"attention_mask": causal}, model)["attention_mask"] is None
     model.config._attn_implementation = "eager"
     assert drop_plain_causal_mask({"attention_mask": causal}, model)["attention_mask"] is causal
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "phi3"])
+def test_dense_pass_statistics_equal_a_full_forward(arch):
+    """Without pruning, every linear's statistics equal those of its inputs in one full forward
+    (also checks that linears sharing an input share statistics, and no others)."""
+    model = tiny_model(arch)
+    ids = calib_ids(6, 16)
+    targets = prunable_linears(model)
+    inputs = {n: [] for n in targets}
+    hooks = [lin.register_forward_hook(lambda m, a, o, n=n: inputs[n].append(a[0].detach().clone()))
+             for n, lin in targets.items()]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    collected = {}
+
+    def keep(index, linears, stats):
+        collected.update(stats)
+        return False
+
+    run_sequential(model, ids, targets, keep, batch_size=4)
+    assert set(collected) == set(targets)
+    for name, stats in collected.items():
+        # OPT flattens [batch, tokens, d] to [batch * tokens, d] before fc1/fc2
+        x = torch.cat(inputs[name]).double().reshape(-1, targets[name].in_features)
+        assert stats.nsamples == 6 and stats.ntokens == 6 * 16, name
+        assert torch.allclose(stats.sq_norm.double(), x.pow(2).sum(dim=0) / 6, rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(stats.mean.double(), x.mean(dim=0), atol=1e-5), name

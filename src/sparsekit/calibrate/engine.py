@@ -50,6 +50,7 @@ class _InputHooks:
         self.stats: dict[str, InputStats] = {}
         self.alias: dict[str, str] = {}
         self._first_batch = True
+        self.sequences = 1          # sequences in the batch being run (set by the engine)
         self._seen: dict[tuple, str] = {}
         self._handles = [lin.register_forward_hook(self._hook(name)) for name, lin in linears.items()]
         self._linears = linears
@@ -61,13 +62,15 @@ class _InputHooks:
             if self._first_batch:
                 key = (x.data_ptr(), tuple(x.shape), x.dtype)
                 if key in self._seen:
-                    self.alias[name] = self._seen[key]
+                    self.alias[name] = self._seen[key][0]
                     return
-                self._seen[key] = name
+                # hold the tensor until the batch ends, so its memory cannot be reused by a
+                # later, different input that would then look like the same one
+                self._seen[key] = (name, x)
                 self.stats[name] = InputStats(module.in_features, hessian=self._hessian, device=self._device)
             elif name in self.alias:
                 return
-            self.stats[name].update(x)
+            self.stats[name].update(x, nseq=self.sequences)
         return hook
 
     def end_batch(self) -> None:
@@ -124,6 +127,8 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
             outs = []
             for h in hidden:
                 pos, kw = args[h.shape[0]]
+                if hooks is not None:
+                    hooks.sequences = h.shape[0]
                 outs.append(layer_output(layer(h.to(device), *pos, **kw)).to(store))
                 if hooks is not None:
                     hooks.end_batch()

@@ -133,13 +133,18 @@ class InputStats:
         return self._hessian
 
     # ----------------------------------------------------------- accumulation
-    def update(self, x: torch.Tensor) -> None:
-        """Add one batch of layer inputs ``x: [..., in_features]`` (any float dtype)."""
+    def update(self, x: torch.Tensor, nseq: int | None = None) -> None:
+        """Add one batch of layer inputs ``x: [..., in_features]`` (any float dtype).
+
+        `nseq`: how many sequences the batch holds, when the caller knows better than the
+        shape (a layer that flattens [batch, tokens, d] to [batch * tokens, d] before a linear).
+        """
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"InputStats expects inputs with last dim {self.in_features}, got shape {tuple(x.shape)}"
             )
-        nseq = math.prod(x.shape[:-2]) if x.dim() >= 3 else 1
+        if nseq is None:
+            nseq = math.prod(x.shape[:-2]) if x.dim() >= 3 else 1
         x2 = x.detach().reshape(-1, self.in_features)
         btok = x2.shape[0]
         if btok == 0:
