@@ -112,27 +112,14 @@ def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "cpu
 
 
 def _info_export(path: str, facts: dict, json_out: bool) -> None:
+    from sparsekit.report import export_table
+
     meta = facts.pop("sparsekit_meta") or {}
     facts = {"model": path, **facts, "recipe": meta.get("recipe")}
     if json_out:
         _emit_json(facts)
-        return
-    mib = 2 ** 20
-    table = Table(title=f"Export {path}")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    rows = [("format", facts["format"]), ("dtype", facts["dtype"]), ("files", facts["files"]),
-            ("compressed layers", facts["compressed_layers"]),
-            ("on disk", f"{facts['total_bytes'] / mib:.1f} MiB"),
-            ("linear weights", f"{facts['linear_bytes'] / mib:.1f} MiB of {facts['linear_dense_bytes'] / mib:.1f} "
-                               f"MiB dense ({facts['linear_ratio']:.4f})"),
-            ("sparsity of those", f"{facts['sparsity']:.2%}")]
-    if facts["recipe"]:
-        r = facts["recipe"]
-        rows.append(("recipe", f"{r.get('method')} {r.get('pattern')} @ {r.get('sparsity')}"))
-    for k, v in rows:
-        table.add_row(k, str(v))
-    out.print(table)
+    else:
+        out.print(export_table(path, facts))
 
 
 @app.command("eval")
@@ -401,41 +388,12 @@ def prune_cmd(
     if json_out:
         _emit_json({"output": output, **meta})
         return
-    _print_prune_table(run, loaded.model)
+    from sparsekit.report import prune_table
+
+    out.print(prune_table(run, loaded.model))
     out.print(f"Achieved sparsity {report.overall:.2%} over {len(found)} linear layers. Time: "
               f"{run.seconds:.1f} s ({run.times.capture + run.times.forward:.1f} s calibration forwards, "
               f"{run.times.process:.1f} s pruning math). Saved to {output}")
-
-
-def _print_prune_table(run, model) -> None:
-    """One row per decoder layer: target, achieved sparsity and pruning-math seconds."""
-    import re
-
-    from sparsekit.models import decoder_layers
-
-    path, layers = decoder_layers(model)
-    rows: dict[int, list] = {}
-    for r in run.layers:
-        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
-        lin = model.get_submodule(r.name)
-        acc = rows.setdefault(idx, [0.0, 0, 0, 0.0])
-        n = lin.weight.numel()
-        acc[0] += r.target * n
-        acc[1] += int((lin.weight == 0).sum())
-        acc[2] += n
-        acc[3] += r.seconds
-    table = Table(title="Pruned layers")
-    for col in ("layer", "linears", "target", "achieved", "math s", "layer s"):
-        table.add_column(col, justify="right")
-    counts = {}
-    for r in run.layers:
-        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
-        counts[idx] = counts.get(idx, 0) + 1
-    for idx in sorted(rows):
-        t, z, n, s = rows[idx]
-        layer_s = run.times.per_layer[idx] if idx < len(run.times.per_layer) else s
-        table.add_row(str(idx), str(counts[idx]), f"{t / n:.2%}", f"{z / n:.2%}", f"{s:.2f}", f"{layer_s:.2f}")
-    out.print(table)
 
 
 @app.command("export")
@@ -533,16 +491,9 @@ def bench_cmd(
     if json_out:
         _emit_json(result)
         return
-    table = Table(title=f"sparsekit bench: {random or model}, batch {batch}, prompt {prompt}, new {new}")
-    for col in ("", "decode tok/s", "prefill tok/s", "peak memory GiB", "weights GiB", "CUDA graph"):
-        table.add_column(col, justify="right")
-    for kind in ("dense", "sparse"):
-        r = result[kind]
-        peak = r.get("peak_memory_bytes")
-        table.add_row(kind, f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_tokens_per_s']:.1f}",
-                      "-" if peak is None else f"{peak / 2**30:.2f}", f"{r['weight_bytes'] / 2**30:.2f}",
-                      str(r.get("cuda_graph")))
-    out.print(table)
+    from sparsekit.report import bench_table
+
+    out.print(bench_table(f"sparsekit bench: {random or model}, batch {batch}, prompt {prompt}, new {new}", result))
     out.print(f"Speedup: decode {result['speedup_decode']:.2f}x, prefill {result['speedup_prefill']:.2f}x; "
               f"{result['swapped_layers']} linears swapped; greedy tokens match: {result['tokens_match']}")
 

@@ -1,0 +1,70 @@
+"""Rich tables for the command line summaries (kept out of the Typer commands)."""
+
+from __future__ import annotations
+
+import re
+
+from rich.table import Table
+from torch import nn
+
+from sparsekit.models import decoder_layers
+
+MIB = 2 ** 20
+
+
+def prune_table(run, model: nn.Module) -> Table:
+    """One row per decoder layer: linears pruned, target and achieved sparsity (weighted by
+    size), pruning-math seconds and the layer's wall time in the sequential engine."""
+    path, _ = decoder_layers(model)
+    rows: dict[int, list] = {}  # layer -> [linears, target zeros, zeros, numel, math seconds]
+    for r in run.layers:
+        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
+        weight = model.get_submodule(r.name).weight
+        acc = rows.setdefault(idx, [0, 0.0, 0, 0, 0.0])
+        acc[0] += 1
+        acc[1] += r.target * weight.numel()
+        acc[2] += int((weight == 0).sum())
+        acc[3] += weight.numel()
+        acc[4] += r.seconds
+    table = Table(title="Pruned layers")
+    for col in ("layer", "linears", "target", "achieved", "math s", "layer s"):
+        table.add_column(col, justify="right")
+    for idx in sorted(rows):
+        count, target, zeros, numel, math_s = rows[idx]
+        layer_s = run.times.per_layer[idx] if idx < len(run.times.per_layer) else math_s
+        table.add_row(str(idx), str(count), f"{target / numel:.2%}", f"{zeros / numel:.2%}",
+                      f"{math_s:.2f}", f"{layer_s:.2f}")
+    return table
+
+
+def export_table(path: str, facts: dict) -> Table:
+    """`sparsekit info` on an export: format, sizes, sparsity and the recipe."""
+    table = Table(title=f"Export {path}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("format", facts["format"]), ("dtype", facts["dtype"]), ("files", facts["files"]),
+            ("compressed layers", facts["compressed_layers"]),
+            ("on disk", f"{facts['total_bytes'] / MIB:.1f} MiB"),
+            ("linear weights", f"{facts['linear_bytes'] / MIB:.1f} MiB of {facts['linear_dense_bytes'] / MIB:.1f} "
+                               f"MiB dense ({facts['linear_ratio']:.4f})"),
+            ("sparsity of those", f"{facts['sparsity']:.2%}")]
+    if facts.get("recipe"):
+        r = facts["recipe"]
+        rows.append(("recipe", f"{r.get('method')} {r.get('pattern')} @ {r.get('sparsity')}"))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def bench_table(title: str, result: dict) -> Table:
+    """`sparsekit bench`: dense and sparse rows."""
+    table = Table(title=title)
+    for col in ("", "decode tok/s", "prefill tok/s", "peak memory GiB", "weights GiB", "CUDA graph"):
+        table.add_column(col, justify="right")
+    for kind in ("dense", "sparse"):
+        r = result[kind]
+        peak = r.get("peak_memory_bytes")
+        table.add_row(kind, f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_tokens_per_s']:.1f}",
+                      "-" if peak is None else f"{peak / 2**30:.2f}", f"{r['weight_bytes'] / 2**30:.2f}",
+                      str(r.get("cuda_graph")))
+    return table
