@@ -35,9 +35,6 @@ class SparsityReport:
             a[1] += n
         return {k: z / n for k, (z, n) in acc.items()}
 
-    def to_json(self) -> dict:
-        return {"overall": self.overall, "by_type": self.by_kind(),
-                "per_layer": {k: z / n for k, (z, n) in self.per_layer.items()}}
 
 
 def count_zeros(weight: torch.Tensor) -> int:
