@@ -122,7 +122,7 @@ def run_gpu(args):
     default_cfgs = [Sparse24Config(**kw) for _, kw in DEFAULT_TRITON_CONFIGS]
     configs = TUNE if args.tune else default_cfgs
     rows = []
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in [getattr(torch, d) for d in args.dtypes]:
         for n, k in SHAPES:
             for m in MS:
                 try:
@@ -162,6 +162,9 @@ def run_gpu(args):
                             r["speedup"] = d["us"] / r["us"] if d else None
                 print_rows([r for r in rows if (r["n"], r["k"], r["m"]) == (n, k, m)
                             and r["dtype"] == str(dtype).split(".")[-1]], header=False)
+                with open(args.out, "w") as f:  # partial results survive a time limit
+                    json.dump(dict(device=name, capability=list(cap), copy_bw=bw, rows=rows,
+                                   partial=True), f)
     return dict(device=name, capability=list(cap), copy_bw=bw, rows=rows)
 
 
@@ -186,7 +189,7 @@ def derive_tables(res):
     best Triton config; printed in the format of DISPATCH / TRITON_CONFIGS in linear.py."""
     cap = tuple(res["capability"])
     out = {}
-    for dtype in ("bfloat16", "float16"):
+    for dtype in sorted({r["dtype"] for r in res["rows"]}):
         rows = [r for r in res["rows"] if r["dtype"] == dtype and "us" in r and r.get("ok")]
         choice = []
         for m in MS:
@@ -264,6 +267,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter run, tiny shapes")
     ap.add_argument("--tune", action="store_true", help="sweep TUNE tile configs")
     ap.add_argument("--rotate-mb", type=float, default=400.0)
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"],
+                    choices=["bfloat16", "float16"])
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     if args.smoke or not torch.cuda.is_available():

@@ -18,6 +18,7 @@ import time
 import torch
 
 from sparsekit.bench import RANDOM_MODELS
+from sparsekit.calibrate.engine import activation_bytes, keep_activations_on_device
 from sparsekit.models import DTYPES, prunable_linears
 from sparsekit.prune.methods import PruneSpec
 from sparsekit.prune.pipeline import prune_model
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--offload", action="store_true", help="weights in CPU memory, one layer at a time on the GPU")
+    ap.add_argument("--activations", default="auto", choices=["auto", "cpu", "device"],
+                    help="where the cached calibration activations live (auto: the engine decides)")
     args = ap.parse_args()
 
     home = "cpu" if args.offload else args.device
@@ -61,13 +64,18 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    offload_acts = {"auto": None, "cpu": True, "device": False}[args.activations]
+    if offload_acts is None and args.offload:
+        offload_acts = not keep_activations_on_device(activation_bytes(model, ids), torch.device(args.device))
     run = prune_model(model, spec, prunable_linears(model), calibration=ids, batch_size=args.batch_size,
-                      device=args.device if args.offload else None)
+                      device=args.device if args.offload else None, offload_activations=offload_acts)
     if cuda:
         torch.cuda.synchronize()
     result = {
         "model": args.model, "method": args.method, "pattern": args.pattern, "dtype": args.dtype,
-        "device": args.device, "offload": args.offload, "nsamples": args.nsamples, "seqlen": args.seqlen,
+        "device": args.device, "offload": args.offload,
+        "activations_on": "cpu" if offload_acts else args.device,
+        "activation_gib": round(activation_bytes(model, ids) / 2**30, 2), "nsamples": args.nsamples, "seqlen": args.seqlen,
         "batch_size": args.batch_size, "build_s": round(build_s, 2), "total_s": round(run.seconds, 2),
         "capture_s": round(run.times.capture, 2), "forwards_s": round(run.times.forward, 2),
         "math_s": round(run.times.process, 2),

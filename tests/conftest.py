@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton kernels: compiled on a GPU, run by the Triton interpreter on CPU tensors otherwise.
+# Set before anything imports triton (its jit decorator reads the variable).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SPARSEKIT_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
 VOCAB = 512

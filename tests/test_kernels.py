@@ -1,9 +1,6 @@
-"""2:4 kernels: layout round trips, Triton kernels under the interpreter vs the torch
-reference and dense matmul, Sparse24Linear vs nn.Linear, dispatch choices."""
-
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere in this module
+"""2:4 kernels: layout round trips, Triton kernels (compiled on a GPU, under the interpreter
+on CPU; see conftest) vs the torch reference and dense matmul, Sparse24Linear vs nn.Linear,
+dispatch choices."""
 
 import pytest
 import torch
@@ -24,6 +21,11 @@ from sparsekit.kernels.sparse24 import (
     unpack_24,
 )
 from sparsekit.kernels.sparse24_triton import Sparse24Config, sparse24_decompress, sparse24_mm
+
+from conftest import KERNEL_DEVICE as DEV
+
+# the interpreter computes bf16 arithmetic wrongly (see the kernel module); bf16 is GPU-only
+KERNEL_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
 
 
 def rand24(n, k, dtype=torch.float32, seed=0):
@@ -53,7 +55,7 @@ def test_pack_roundtrip_exact(k):
     assert p.values.shape == (19, p.padded_in_features // 2)
     assert p.meta.dtype == torch.int16 and p.meta.shape == (19, p.padded_in_features // 16)
     assert torch.equal(unpack_24(p), w)
-    assert torch.equal(sparse24_decompress(p.values, p.meta, k), w)
+    assert torch.equal(sparse24_decompress(p.values.to(DEV), p.meta.to(DEV), k).cpu(), w)
 
 
 def test_negative_zero_is_zero():
@@ -94,27 +96,27 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("m,n,k", [(1, 19, 36), (3, 33, 100), (16, 20, 260)])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.short())
-def test_triton_kernel_interpreter(dtype, m, n, k, cfg):
+def test_triton_kernel(dtype, m, n, k, cfg):
     if cfg.kernel == "gemv" and m > 4:
         pytest.skip("gemv kernel is for M <= 4")
     w = rand24(n, k, dtype, seed=m * 1000 + k)
     p = pack_24(w)
     x = torch.randn(m, k).to(dtype)
     b = torch.randn(n).to(dtype)
-    y = sparse24_mm(x, p.values, p.meta, k, b, cfg)
+    y = sparse24_mm(x.to(DEV), p.values.to(DEV), p.meta.to(DEV), k, b.to(DEV), cfg).cpu()
     assert y.dtype == dtype and y.shape == (m, n) and torch.isfinite(y).all()
     dense = x.double() @ w.double().T + b.double()
-    tol = 1e-6 if dtype == torch.float32 else 2e-3
+    tol = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     assert rel(y, dense) < tol
     assert rel(y, sparse24_matmul_reference(x, p, b)) < tol
     # a wrong index decode must be caught: flipping one nibble changes the answer
     bad = p.meta.clone()
     nib = int(bad[0, 0]) & 0xF  # group 0 of row 0 -> another valid (i0, i1) pair
     bad[0, 0] = (int(bad[0, 0]) & ~0xF) | (4 if nib != 4 else 14)
-    yb = sparse24_mm(x, p.values, bad, k, b, cfg)
+    yb = sparse24_mm(x.to(DEV), p.values.to(DEV), bad.to(DEV), k, b.to(DEV), cfg).cpu()
     assert not torch.allclose(yb[:, 0].float(), y[:, 0].float())
     assert torch.equal(yb[:, 1:], y[:, 1:])
 

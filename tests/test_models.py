@@ -122,3 +122,17 @@ def test_cli_bad_model_exit_code_2(cli, tmp_path):
     assert "no such file or directory" in stderr
     assert "Traceback" not in stderr + stdout
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_gguf_conversion_refuses_an_older_transformers(tmp_path, monkeypatch):
+    import transformers
+
+    from sparsekit.models import convert_gguf
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(UsageError, match=r"transformers >= 5\.23 \(found 5\.17\.0.*pip install -U"):
+        convert_gguf(str(gguf))
+    assert not (tmp_path / "cache" / "gguf").exists() or not any((tmp_path / "cache" / "gguf").iterdir())

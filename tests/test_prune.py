@@ -282,7 +282,7 @@ def test_dense_pass_statistics_equal_a_full_forward(arch):
         collected.update(stats)
         return False
 
-    run_sequential(model, ids, targets, keep, batch_size=4)
+    run_sequential(model, ids, targets, keep, batch_size=4, modifies=False)
     assert set(collected) == set(targets)
     for name, stats in collected.items():
         # OPT flattens [batch, tokens, d] to [batch * tokens, d] before fc1/fc2
@@ -290,3 +290,31 @@ def test_dense_pass_statistics_equal_a_full_forward(arch):
         assert stats.nsamples == 6 and stats.ntokens == 6 * 16, name
         assert torch.allclose(stats.sq_norm.double(), x.pow(2).sum(dim=0) / 6, rtol=1e-4, atol=1e-6), name
         assert torch.allclose(stats.mean.double(), x.mean(dim=0), atol=1e-5), name
+
+
+def test_engine_without_modification_runs_each_layer_once_and_guards_changes():
+    model = tiny_model("llama")
+    ids = calib_ids(4, 16)
+    targets = prunable_linears(model)
+    reference = layer_outputs(model, lambda: model(input_ids=ids, use_cache=False))
+    seen = layer_outputs(model, lambda: run_sequential(model, ids, targets, lambda *a: False,
+                                                       batch_size=2, modifies=False))
+    for i, ref in reference.items():
+        calls = seen[i][-2:]  # one pass of two batches, outputs written in place
+        assert len(seen[i]) == 2 + (1 if i < len(reference) - 1 else 0)  # + argument capture
+        assert torch.allclose(torch.cat(calls), ref[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="modifies=False"):
+        run_sequential(model, ids, targets, lambda *a: True, batch_size=2, modifies=False)
+
+
+def test_activation_placement_with_offloaded_weights(monkeypatch):
+    from sparsekit.calibrate.engine import activation_bytes, keep_activations_on_device
+
+    model = tiny_model("llama")
+    assert activation_bytes(model, calib_ids(4, 16)) == 4 * 16 * 64 * 4  # fp32, hidden 64
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))
+    cuda = torch.device("cuda")
+    assert keep_activations_on_device(2 * gib, cuda)          # Llama-3-8B, 128 x 2048, bf16
+    assert not keep_activations_on_device(36 * gib, cuda)     # more than half the free memory
+    assert not keep_activations_on_device(1, torch.device("cpu"))

@@ -131,3 +131,35 @@ def test_shapes_and_empty_inputs():
     s.update(torch.ones(D))  # a single token vector: one sequence
     assert (s.nsamples, s.ntokens) == (1, 1)
     torch.testing.assert_close(s.hessian, torch.full((D, D), 2.0))
+
+
+def _round_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> TF32 (10 mantissa bits, round to nearest even), emulated on the bits."""
+    bits = x.float().view(torch.int32)
+    lsb = (bits >> 13) & 1
+    return ((bits + 0xFFF + lsb) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_values_are_exact_in_tf32(dtype):
+    from sparsekit.calibrate.stats import tf32_is_exact
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(100_000, generator=g) * torch.logspace(-6, 4, 100_000)).to(dtype).float()
+    x = torch.cat([x, torch.tensor([torch.finfo(dtype).max, torch.finfo(dtype).tiny, 0.0]).to(dtype).float()])
+    assert tf32_is_exact(dtype)
+    assert torch.equal(_round_to_tf32(x), x)
+    # while plain fp32 values are not: the claim is specific to 16-bit inputs
+    y = torch.randn(1000, generator=g)
+    assert not tf32_is_exact(torch.float32) and not torch.equal(_round_to_tf32(y), y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hessian_of_bf16_inputs_on_tf32_matches_fp64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 256, 512, generator=g).to(torch.bfloat16)
+    stats = InputStats(512, hessian=True, device="cuda")
+    stats.update(x.cuda())
+    ref = 2 * x.double().reshape(-1, 512).T @ x.double().reshape(-1, 512) / 4
+    torch.testing.assert_close(stats.hessian.double().cpu(), ref, rtol=1e-5, atol=1e-3)

@@ -279,7 +279,7 @@ def calibrate_cmd(
     with _progress() as progress:
         task = progress.add_task("calibrating layers", total=None)
         times = run_sequential(loaded.model, ids, found, keep, batch_size=batch_size, device=run_on,
-                               hessian=hessian, on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n))
+                               hessian=hessian, modifies=False, on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n))
     settings = {"data": data, "nsamples": nsamples, "seqlen": seqlen, "seed": seed, "sampling": sampling,
                 "hessian": hessian, "targets": targets, "ignore": ignore, "versions": _versions()}
     save_stats(output, collected, fingerprint(loaded.model, found), settings)

@@ -99,6 +99,22 @@ def clear_gguf_marking(model: nn.Module) -> None:
         del model.config.quantization_config
 
 
+GGUF_MIN_TRANSFORMERS = (5, 23)
+
+
+def check_gguf_converter() -> None:
+    """Refuse to convert a .gguf with a transformers release whose GGUF tokenizer conversion
+    differs from the current one (seen on Gemma-3: 5.17 splits words into wrong pieces, and
+    5.18 to 5.22 drop the BOS token), since the cached tokenizer would carry that forever."""
+    import transformers
+
+    found = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    if found < GGUF_MIN_TRANSFORMERS:
+        need = ".".join(map(str, GGUF_MIN_TRANSFORMERS))
+        raise UsageError(f"converting a .gguf needs transformers >= {need} (found {transformers.__version__}, "
+                         f"whose GGUF tokenizer conversion differs): pip install -U 'transformers>={need}'")
+
+
 def convert_gguf(gguf_path: str) -> Path:
     """Convert a .gguf file once into a safetensors directory in the cache, keyed by its content.
 
@@ -111,6 +127,7 @@ def convert_gguf(gguf_path: str) -> Path:
     target = cache_dir() / "gguf" / _file_digest(gguf_path)
     if (target / "config.json").exists():
         return target
+    check_gguf_converter()
     directory, name = os.path.split(os.path.abspath(gguf_path))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))

@@ -69,6 +69,7 @@ def _prune_one(name: str, lin: nn.Linear, spec: PruneSpec, stats: InputStats | N
 def prune_model(model: nn.Module, spec: PruneSpec, targets: dict[str, nn.Linear], *,
                 calibration: torch.Tensor | None = None, stats: dict[str, InputStats] | None = None,
                 batch_size: int = 8, device: str | torch.device | None = None,
+                offload_activations: bool | None = None,
                 on_layer: Callable[[int, int], None] | None = None,
                 on_result: Callable[[LayerResult], None] | None = None) -> PruneRun:
     """Prune `targets` of `model` in place.
@@ -77,7 +78,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, targets: dict[str, nn.Linear]
     - with `stats` (from `sparsekit calibrate`), each linear is pruned from those dense-model
       statistics, no forward pass;
     - otherwise the sequential engine calibrates on `calibration` token ids [n, T], pruning
-      each decoder layer before computing the next layer's inputs.
+      each decoder layer before computing the next layer's inputs (`device` and
+      `offload_activations` as in `run_sequential`).
     """
     check_request(spec, targets)
     run = PruneRun()
@@ -106,6 +108,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, targets: dict[str, nn.Linear]
             return True
 
         run.times = run_sequential(model, calibration, targets, callback, batch_size=batch_size,
-                                   device=dev, hessian=spec.needs_hessian, on_layer=on_layer)
+                                   device=dev, offload_activations=offload_activations,
+                                   hessian=spec.needs_hessian, on_layer=on_layer)
     run.seconds = time.perf_counter() - start
     return run

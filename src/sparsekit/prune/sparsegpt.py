@@ -121,6 +121,7 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     max_retries: int = 3,
+    backend: str = "auto",
 ) -> SparseGPTResult:
     """Prune one linear layer with SparseGPT; the inputs are not modified.
 
@@ -131,6 +132,9 @@ def sparsegpt_prune(
         nm: (N, M) to prune N of every M consecutive input columns.
         blocksize: columns per block (a multiple of M for N:M).
         percdamp: relative dampening; raised x10 up to `max_retries` times on failure.
+        backend: how each block's column loop runs: "torch" (a loop of small ops, the
+            reference), "triton" (one kernel launch per block, `kernels/obs_triton.py`) or
+            "auto" (Triton on CUDA, torch elsewhere).
     """
     if weight.dim() != 2:
         raise ValueError(f"sparsegpt_prune expects a 2-D weight, got shape {tuple(weight.shape)}")
@@ -149,13 +153,19 @@ def sparsegpt_prune(
             raise ValueError(f"blocksize {blocksize} must be a multiple of M={m} for {n}:{m} sparsity")
     else:
         num_pruned(1, sparsity)  # validates the range
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be auto, torch or triton, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if weight.is_cuda and _triton_available() else "torch"
 
     device = weight.device
     with torch.no_grad(), ieee_fp32_matmul(device):
         w = weight.detach().to(dtype=torch.float32).clone()
         h = hessian.detach().to(device=device, dtype=torch.float32)
         u, damp, retries, fallback, dead = inverse_hessian_factor(h, percdamp, max_retries)
-        mask, losses = _blocked_obs(w, u, dead, sparsity, nm, blocksize)
+        if backend == "triton":
+            u = u.contiguous()  # the factor may come back column-major from the solver
+        mask, losses = _blocked_obs(w, u, dead, sparsity, nm, blocksize, backend == "triton")
         del u
     return SparseGPTResult(
         weight=w.to(dtype=weight.dtype),
@@ -175,12 +185,13 @@ def _blocked_obs(
     sparsity: float,
     nm: tuple[int, int] | None,
     blocksize: int,
+    use_triton: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SparseGPT block loop; updates `w` (fp32) in place, returns (mask, per-row loss).
 
-    Inside a block the work is done on the transposed block ([columns, rows],
+    Inside a block the torch loop works on the transposed block ([columns, rows],
     contiguous), so each column is a contiguous row and every per-column update
-    is one BLAS rank-1 `addmm_`.
+    is one BLAS rank-1 `addmm_`. With `use_triton` the column loop is one kernel launch.
     """
     rows, cols = w.shape
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
@@ -188,6 +199,12 @@ def _blocked_obs(
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
+        if use_triton:
+            err1 = _obs_block_triton(w, u, dead, sparsity, nm, i1, i2, mask)
+            losses.add_(err1.square().sum(dim=1))
+            if i2 < cols:
+                w[:, i2:].addmm_(err1, u[i1:i2, i2:], alpha=-1.0)
+            continue
         w1 = w[:, i1:i2].T.contiguous()  # [count, rows]
         u1 = u[i1:i2, i1:i2]
         d1 = u1.diagonal()
@@ -215,3 +232,38 @@ def _blocked_obs(
         if i2 < cols:
             w[:, i2:].addmm_(err1.T, u[i1:i2, i2:], alpha=-1.0)
     return mask, losses
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _obs_block_triton(w: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, sparsity: float,
+                      nm: tuple[int, int] | None, i1: int, i2: int, mask: torch.Tensor) -> torch.Tensor:
+    """One block [i1, i2) with the Triton column loop; same masks and updates as the torch
+    loop above. Writes the block's mask into `mask`, returns the errors [rows, count]."""
+    from sparsekit.kernels.obs_triton import obs_block_
+
+    rows = w.shape[0]
+    w1 = w[:, i1:i2]  # a view: updated in place
+    u1 = u[i1:i2, i1:i2]
+    d1 = u1.diagonal()
+    inv_d2 = d1.square().reciprocal() * (~dead[i1:i2]).to(torch.float32)
+    if nm is None:
+        scores = w1.square() * inv_d2[None, :]
+        k = num_pruned(rows * (i2 - i1), sparsity)
+        # the k lowest of the block, ties to the lower row-major index (as `_prune_lowest`):
+        # one stable device sort (torch's CUDA k-th value selection gives each row one thread
+        # block, and here the whole block is one row of up to ~2M scores)
+        flat = scores.reshape(-1)
+        lowest = torch.sort(flat, stable=True).indices[:k]
+        prune = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, lowest, True).view(rows, i2 - i1)
+        err1, block_mask = obs_block_(w1, u1, d1, prune=prune)
+    else:
+        err1, block_mask = obs_block_(w1, u1, d1, inv_d2=inv_d2, nm=nm)
+    mask[:, i1:i2] = block_mask
+    return err1
