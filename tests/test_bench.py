@@ -1,5 +1,6 @@
 """sparsekit bench on a tiny random 2:4 Llama on CPU: dense vs Sparse24Linear agree."""
 
+import pytest
 import torch
 
 from sparsekit.bench import random_model, run_bench
@@ -28,3 +29,17 @@ def test_run_bench_cpu_tiny():
     assert res["sparse"]["weight_bytes"] < res["dense"]["weight_bytes"]
     assert res["tokens_match"], res
     assert res["max_logit_rel_diff"] < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_run_bench_gpu_graphs_and_kernels():
+    """On a GPU: both runs capture the decode step in a CUDA graph, the sparse one through the
+    Triton kernels (fp16, M = 2), and dense and sparse agree."""
+    model = random_model("llama-tiny", dtype=torch.float16, device="cuda")
+    res = run_bench(model, None, batch=2, prompt_len=16, new_tokens=8, device="cuda")
+    assert res["dense"]["cuda_graph"] and res["sparse"]["cuda_graph"], res
+    assert res["swapped_layers"] == 2 * 7
+    assert res["max_logit_rel_diff"] < 1e-2
+    assert res["token_match_fraction"] >= 0.9
+    assert res["dense"]["peak_memory_bytes"] > 0

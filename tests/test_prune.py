@@ -318,3 +318,23 @@ def test_activation_placement_with_offloaded_weights(monkeypatch):
     assert keep_activations_on_device(2 * gib, cuda)          # Llama-3-8B, 128 x 2048, bf16
     assert not keep_activations_on_device(36 * gib, cuda)     # more than half the free memory
     assert not keep_activations_on_device(1, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("offload_activations", [True, False])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_offloaded_weights_prune_like_the_cpu(method, offload_activations):
+    """Weights in CPU memory, one layer at a time on the GPU, activations pinned on the CPU or
+    kept on the GPU: the same masks as pruning on the CPU (up to a few near-ties)."""
+    ids = calib_ids(6, 32)
+    spec = PruneSpec(method, 0.5)
+    cpu_model, gpu_model = tiny_model("llama"), tiny_model("llama")
+    prune_model(cpu_model, spec, prunable_linears(cpu_model), calibration=ids, batch_size=4)
+    prune_model(gpu_model, spec, prunable_linears(gpu_model), calibration=ids, batch_size=4,
+                device="cuda", offload_activations=offload_activations)
+    assert next(gpu_model.parameters()).device.type == "cpu"  # moved back after each layer
+    for (name, a), b in zip(prunable_linears(cpu_model).items(), prunable_linears(gpu_model).values()):
+        agree = ((a.weight == 0) == (b.weight == 0)).float().mean().item()
+        assert agree > 0.995, (name, agree)
+        assert int((a.weight == 0).sum()) == int((b.weight == 0).sum()), name
