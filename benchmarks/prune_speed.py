@@ -17,24 +17,11 @@ import time
 
 import torch
 
-from sparsekit.bench import RANDOM_MODELS
-from sparsekit.calibrate.engine import activation_bytes, keep_activations_on_device
+from sparsekit.bench import RANDOM_MODELS, random_model
+from sparsekit.calibrate.engine import activation_bytes
 from sparsekit.models import DTYPES, prunable_linears
 from sparsekit.prune.methods import PruneSpec
 from sparsekit.prune.pipeline import prune_model
-
-
-def build(name: str, dtype: torch.dtype, device: str):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    kwargs = dict(RANDOM_MODELS[name])
-    rope = kwargs.pop("rope_theta", None)
-    config = LlamaConfig(**kwargs)
-    if rope is not None:
-        config.rope_parameters = {"rope_type": "default", "rope_theta": rope}
-    torch.manual_seed(0)
-    with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 def main() -> None:
@@ -54,7 +41,7 @@ def main() -> None:
 
     home = "cpu" if args.offload else args.device
     start = time.perf_counter()
-    model = build(args.model, DTYPES[args.dtype], home)
+    model = random_model(args.model, DTYPES[args.dtype], home, prune=False)
     build_s = time.perf_counter() - start
     ids = torch.randint(0, model.config.vocab_size, (args.nsamples, args.seqlen),
                         generator=torch.Generator().manual_seed(0))
@@ -65,8 +52,6 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     offload_acts = {"auto": None, "cpu": True, "device": False}[args.activations]
-    if offload_acts is None and args.offload:
-        offload_acts = not keep_activations_on_device(activation_bytes(model, ids), torch.device(args.device))
     run = prune_model(model, spec, prunable_linears(model), calibration=ids, batch_size=args.batch_size,
                       device=args.device if args.offload else None, offload_activations=offload_acts)
     if cuda:
@@ -74,7 +59,7 @@ def main() -> None:
     result = {
         "model": args.model, "method": args.method, "pattern": args.pattern, "dtype": args.dtype,
         "device": args.device, "offload": args.offload,
-        "activations_on": "cpu" if offload_acts else args.device,
+        "activations_on": run.times.activations_on or None,
         "activation_gib": round(activation_bytes(model, ids) / 2**30, 2), "nsamples": args.nsamples, "seqlen": args.seqlen,
         "batch_size": args.batch_size, "build_s": round(build_s, 2), "total_s": round(run.seconds, 2),
         "capture_s": round(run.times.capture, 2), "forwards_s": round(run.times.forward, 2),

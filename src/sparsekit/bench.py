@@ -43,26 +43,33 @@ def prune_24_(model: nn.Module) -> list[str]:
     return pruned
 
 
-def random_model(name_or_config_path: str, dtype: torch.dtype = torch.bfloat16,
-                 device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:
-    """Random-weight causal LM from a named size (``RANDOM_MODELS``) or a config.json path,
-    its decoder Linear weights pruned 2:4 by magnitude. No network access."""
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+def random_config(name_or_config_path: str):
+    """Config of a named size (``RANDOM_MODELS``) or from a config.json path."""
+    from transformers import AutoConfig, LlamaConfig
 
-    if name_or_config_path in RANDOM_MODELS:
-        rope = RANDOM_MODELS[name_or_config_path].get("rope_theta")
-        kw = {k: v for k, v in RANDOM_MODELS[name_or_config_path].items() if k != "rope_theta"}
-        config = LlamaConfig(**kw)
-        if rope is not None:
-            config.rope_parameters = {"rope_type": "default", "rope_theta": rope}
-    else:
-        config = AutoConfig.from_pretrained(name_or_config_path, local_files_only=True)
+    if name_or_config_path not in RANDOM_MODELS:
+        return AutoConfig.from_pretrained(name_or_config_path, local_files_only=True)
+    kw = dict(RANDOM_MODELS[name_or_config_path])
+    rope = kw.pop("rope_theta", None)
+    config = LlamaConfig(**kw)
+    if rope is not None:
+        config.rope_parameters = {"rope_type": "default", "rope_theta": rope}
+    return config
+
+
+def random_model(name_or_config_path: str, dtype: torch.dtype = torch.bfloat16,
+                 device: str | torch.device = "cpu", seed: int = 0, prune: bool = True) -> nn.Module:
+    """Random-weight causal LM from a named size (``RANDOM_MODELS``) or a config.json path,
+    its decoder Linear weights pruned 2:4 by magnitude unless ``prune=False``. No network access."""
+    from transformers import AutoModelForCausalLM
+
+    config = random_config(name_or_config_path)
     torch.manual_seed(seed)
-    dev = torch.device(device)
-    with dev:
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
-    prune_24_(model)
+    if prune:
+        prune_24_(model)
     return model
 
 

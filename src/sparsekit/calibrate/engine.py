@@ -30,6 +30,7 @@ class EngineTimes:
     forward: float = 0.0      # statistics forwards and recomputes of the layers
     process: float = 0.0      # the callback (pruning math)
     per_layer: list[float] = field(default_factory=list)
+    activations_on: str = ""  # where the cached activations lived ("cpu", "cuda", ...)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,7 +132,7 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
             activation_bytes(model, calibration), device)
     store = torch.device("cpu") if offload_activations else device
     pin = store.type == "cpu" and device.type == "cuda"
-    times = EngineTimes()
+    times = EngineTimes(activations_on=str(store))
 
     start = time.perf_counter()
     batches = list(calibration.split(batch_size))

@@ -81,7 +81,9 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     step = max(1, _CHUNK_ELEMS // cols)
     for r0 in range(0, rows, step):
         chunk = scores[r0 : r0 + step]
-        if cols <= 16:
+        # short rows (N:M groups), and one long row on CUDA, where k-th value selection runs
+        # one thread block per row (a per-matrix magnitude mask or a SparseGPT block)
+        if cols <= 16 or (chunk.is_cuda and chunk.shape[0] == 1):
             idx = torch.sort(chunk, dim=1, stable=True).indices[:, :k]
             mask[r0 : r0 + step].scatter_(1, idx, True)
         else:

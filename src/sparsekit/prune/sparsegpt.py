@@ -256,12 +256,7 @@ def _obs_block_triton(w: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, spar
     if nm is None:
         scores = w1.square() * inv_d2[None, :]
         k = num_pruned(rows * (i2 - i1), sparsity)
-        # the k lowest of the block, ties to the lower row-major index (as `_prune_lowest`):
-        # one stable device sort (torch's CUDA k-th value selection gives each row one thread
-        # block, and here the whole block is one row of up to ~2M scores)
-        flat = scores.reshape(-1)
-        lowest = torch.sort(flat, stable=True).indices[:k]
-        prune = torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, lowest, True).view(rows, i2 - i1)
+        prune = _prune_lowest(scores.reshape(1, -1), k).view(rows, i2 - i1)
         err1, block_mask = obs_block_(w1, u1, d1, prune=prune)
     else:
         err1, block_mask = obs_block_(w1, u1, d1, inv_d2=inv_d2, nm=nm)
