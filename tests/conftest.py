@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random models of several architectures (built from configs, no
-download), a tiny tokenizer trained on WikiText-2, and a CLI runner."""
+download), a tiny tokenizer trained on the shipped text fixture, and a CLI runner."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import torch
 
 # Triton kernels: compiled on a GPU, run by the Triton interpreter on CPU tensors otherwise.
 # Set before anything imports triton (its jit decorator reads the variable).
+# Saving models in fixtures must not print progress bars into the stderr a CLI test captures.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("SPARSEKIT_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
+# Text for tests: the fixture shipped in tests/data (valid.txt, test.txt; see generate.py there),
+# so results never depend on the machine. SPARSEKIT_TEST_DATA points at another folder holding
+# the same two file names (e.g. the WikiText-2 files), for manual runs only.
+DATA = Path(os.environ.get("SPARSEKIT_TEST_DATA") or Path(__file__).resolve().parent / "data")
 VOCAB = 512
 
 # Small configs for every architecture the project supports and tests.
@@ -45,9 +51,10 @@ ARCHS = tuple(ARCH_CONFIGS)
 
 
 def data_file(split: str = "test") -> Path:
+    """The test text of a split ('valid' or 'test'): one row per line."""
     path = DATA / f"{split}.txt"
     if not path.exists():
-        pytest.skip(f"WikiText-2 data not found at {path} (set SPARSEKIT_TEST_DATA)")
+        raise FileNotFoundError(f"test text {path} is missing (regenerate with tests/data/generate.py)")
     return path
 
 
@@ -62,6 +69,9 @@ def tiny_config(arch: str):
 
 def tiny_model(arch: str, seed: int = 0, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=dtype)
