@@ -20,7 +20,7 @@ def test_prune_export_eval_round_trip(arch, tiny_model_dir, cli, tmp_path):
     code, stdout, _ = cli("info", exported, "--json")
     assert code == 0
     info = json.loads(stdout)
-    assert info["format"] == "sparse24" and info["sparsity"] == pytest.approx(0.5)
+    assert info["format"] == "sparse24" and info["sparsity"] == 0.5  # exact: half of every group
     assert info["recipe"]["method"] == "wanda"
     evaluate = ("--data", data_file("test"), "--seqlen", 32, "--max-windows", 3, "--json")
     _, dense_out, _ = cli("eval", pruned, *evaluate)
@@ -43,3 +43,54 @@ def test_export_refuses_non_24_and_bad_format(tiny_model_dir, cli, tmp_path):
     assert code == 2 and "unknown --format 'zip'" in err
     code, _, _ = cli("export", pruned, "-o", tmp_path / "b", "--format", "bitmask")
     assert code == 0
+
+
+def test_export_output_safety_and_dense_summary(tiny_model_dir, cli, tmp_path, monkeypatch):
+    pruned = tmp_path / "pruned"
+    code, _, _ = cli("prune", tiny_model_dir("llama"), "-o", pruned, "--method", "magnitude",
+                     "--pattern", "2:4")
+    assert code == 0
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    code, _, err = cli("export", pruned, "-o", foreign, "--format", "dense")
+    assert code == 2 and "already exists: choose another -o or pass --overwrite" in err
+    code, _, err = cli("export", pruned, "-o", foreign, "--format", "dense", "--overwrite")
+    assert code == 2 and "is not a sparsekit output" in err and "Traceback" not in err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for target in (".", ".."):
+        code, _, err = cli("export", pruned, "-o", target, "--overwrite")
+        assert code == 2 and "current directory" in err and "Traceback" not in err
+        code, _, err = cli("prune", tiny_model_dir("llama"), "-o", target, "--overwrite",
+                           "--method", "magnitude")
+        assert code == 2 and "current directory" in err
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "pruned", "work"]
+
+    code, stdout, _ = cli("export", pruned, "-o", tmp_path / "dense", "--format", "dense", "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["layers"] == 14 and summary["compressed_layers"] == 0  # 2 layers x 7 linears
+
+
+def test_truncated_model_is_one_line(tiny_model_dir, cli, tmp_path):
+    import shutil
+
+    pruned = tmp_path / "pruned"
+    assert cli("prune", tiny_model_dir("llama"), "-o", pruned, "--method", "magnitude",
+               "--pattern", "2:4")[0] == 0
+    code, _, _ = cli("export", pruned, "-o", tmp_path / "e")
+    assert code == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "e", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for args in (("info", broken), ("eval", broken, "--data", data_file("test"), "--seqlen", 16,
+                                    "--max-windows", 1)):
+        code, _, err = cli(*args)
+        assert code == 2 and f"{weights}: damaged safetensors file (truncated" in err, err
+        assert "Traceback" not in err

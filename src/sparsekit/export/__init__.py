@@ -3,10 +3,22 @@ checkpoints with sparsekit metadata, and load them back into runnable models.
 
 ``export_model`` writes (:mod:`sparsekit.export.writer`), ``load`` / ``is_export`` /
 ``describe`` read (:mod:`sparsekit.export.loader`); the tensor codecs are in
-:mod:`sparsekit.export.formats`.
+:mod:`sparsekit.export.formats`, the directory layout and the cheap integrity check
+(``check_safetensors``) in :mod:`sparsekit.export.files`. Names are imported lazily, so
+``sparsekit.export.files`` can be used without importing torch.
 """
 
-from sparsekit.export.loader import describe, is_export, load
-from sparsekit.export.writer import FORMATS, export_model
+from __future__ import annotations
 
-__all__ = ["FORMATS", "describe", "export_model", "is_export", "load"]
+_NAMES = {"FORMATS": "writer", "export_model": "writer", "describe": "loader",
+          "is_export": "loader", "load": "loader", "check_safetensors": "files"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        from importlib import import_module
+
+        return getattr(import_module(f"sparsekit.export.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'sparsekit.export' has no attribute {name!r}")

@@ -1,11 +1,20 @@
 """Load what ``export_model`` writes (and plain pruned directories) into a runnable model.
 
 * ``sparse24``: every compressed linear becomes a
-  :class:`~sparsekit.kernels.linear.Sparse24Linear`, converted straight from the bitmask
+  :class:`~sparsekit.runtime.sparse24_linear.Sparse24Linear`, converted straight from the bitmask
   (no dense copy of the layer, let alone of the model);
 * ``bitmask``: compressed linears are decoded, one at a time, into dense ``nn.Linear``
   weights (there is no unstructured sparse kernel);
 * ``dense`` exports and plain directories: an ordinary ``from_pretrained``.
+
+Other tools' compressed-tensors checkpoints load too when they are sparse-only: the block may
+sit under ``compression_config`` (compressed-tensors 0.4-0.6) instead of
+``quantization_config``, and 2:4 groups stored with other than exactly 2 set bits are decoded
+through a dense copy and checked to be 2:4. Quantized checkpoints (``config_groups`` as an
+object) are refused; sparsekit's own exports carry the string marker
+:data:`~sparsekit.export.writer.LOAD_HINT` there (see :mod:`sparsekit.export.writer`).
+Every safetensors file is checked first (:func:`~sparsekit.export.files.check_safetensors`),
+so a truncated file is one line naming it, not a traceback.
 
 Compressed checkpoints are built weightless on the meta device (accelerate's
 ``init_empty_weights``; buffers such as rotary frequencies stay real), then every stored
@@ -28,9 +37,12 @@ from safetensors import safe_open
 from torch import nn
 
 from sparsekit.errors import UsageError
+from sparsekit.export.files import META_FILE, check_safetensors, weight_files
 from sparsekit.export.formats import (BITMASK, SPARSE24, bitmask24_to_packed, decompress,
                                       unpack_bitmask)
-from sparsekit.export.writer import DTYPES, META_FILE, weight_files
+from sparsekit.export.writer import DTYPES
+
+__all__ = ["check_safetensors", "describe", "is_export", "load"]
 
 _BY_CT_FORMAT = {SPARSE24: "sparse24", BITMASK: "bitmask", "dense": "dense"}
 _PARTS = ("compressed", "bitmask", "shape", "row_offsets")
@@ -116,14 +128,17 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from sparsekit.kernels.linear import Sparse24Linear
+    from sparsekit.runtime.sparse24_linear import Sparse24Linear
     from sparsekit.kernels.sparse24 import pack_24
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    block = getattr(config, "quantization_config", None) or {}
-    if isinstance(block, dict) and block.get("config_groups"):
-        raise UsageError(f"{path}: quantized compressed-tensors checkpoints are not supported; "
-                         "sparsekit loads sparse-only (16/32-bit) exports")
+    block = getattr(config, "quantization_config", None) or getattr(
+        config, "compression_config", None) or {}
+    if isinstance(block, dict) and isinstance(block.get("config_groups"), dict) \
+            and block["config_groups"]:
+        raise UsageError(f"{path}: a quantized compressed-tensors checkpoint (config_groups): "
+                         "sparsekit loads sparse-only 16/32-bit checkpoints; load it with "
+                         "compressed-tensors instead")
     for attr in ("quantization_config", "compression_config"):
         if hasattr(config, attr):
             delattr(config, attr)
@@ -151,8 +166,14 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
                              f"{type(model).__name__}")
         parts = {}
         for part in _PARTS[:3]:
+            if f"{prefix}.{part}" not in where:
+                raise UsageError(f"{path}: {prefix} has .compressed and .bitmask but no .{part} "
+                                 "tensor: export it again")
             with safe_open(str(where[f"{prefix}.{part}"]), framework="pt") as f:
                 parts[part] = f.get_tensor(f"{prefix}.{part}")
+        if parts["shape"].numel() != 2:
+            raise UsageError(f"{path}: {prefix}.shape holds {parts['shape'].numel()} values, "
+                             "not the 2 of a linear weight: export it again")
         n, k = (int(v) for v in parts["shape"].reshape(-1).tolist())
         if (n, k) != (linear.out_features, linear.in_features):
             raise UsageError(f"{path}: {prefix} is stored as {n}x{k} but the model expects "
@@ -163,13 +184,18 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
             try:
                 packed = bitmask24_to_packed(parts["compressed"], parts["bitmask"], parts["shape"])
             except ValueError:  # another tool's groups with != 2 bits: via dense (checks 2:4)
-                packed = pack_24(decompress(parts["compressed"], parts["bitmask"], parts["shape"]))
+                dense = _decode(path, prefix, parts)
+                try:
+                    packed = pack_24(dense)
+                except ValueError as exc:
+                    raise UsageError(f"{path}: {prefix} is stored as sparse-24-bitmask but is "
+                                     f"not 2:4 ({exc}): export it again, or as --format "
+                                     "bitmask") from None
             parent, _, child = prefix.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child,
                     Sparse24Linear.from_packed(packed, bias=bias))
         else:
-            dense = decompress(parts["compressed"], parts["bitmask"], parts["shape"])
-            linear.weight = nn.Parameter(dense, requires_grad=False)
+            linear.weight = nn.Parameter(_decode(path, prefix, parts), requires_grad=False)
     model.tie_weights()
     if unexpected:
         warnings.warn(f"{path}: {len(unexpected)} stored tensor(s) not used by the model, "
@@ -184,6 +210,13 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
 
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
+
+
+def _decode(path: Path, prefix: str, parts: dict) -> torch.Tensor:
+    try:
+        return decompress(parts["compressed"], parts["bitmask"], parts["shape"])
+    except ValueError as exc:
+        raise UsageError(f"{path}: {prefix} cannot be decoded ({exc}): export it again") from None
 
 
 def _tokenizer(path: Path, trust_remote_code: bool):
@@ -205,6 +238,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: no config.json: give an exported or pruned model directory")
+    check_safetensors(path)
     torch_dtype = _resolve_dtype(dtype)
     fmt = is_export(path)
     config = _json(path / "config.json") or {}
@@ -246,6 +280,7 @@ def describe(path: str | Path) -> dict:
     if fmt is None:
         raise UsageError(f"{path}: not an exported model (no compressed-tensors sparsity "
                          "config and no export section in sparsekit.json)")
+    check_safetensors(path)
     meta = _json(path / META_FILE)
     files = weight_files(path)
     where = _key_index(path)

@@ -20,9 +20,21 @@ Formats (on-disk layouts in :mod:`sparsekit.export.formats`):
 * ``dense``: a plain checkpoint with zeros, without ``quantization_config``, loadable by
   any transformers version.
 
-Both compressed formats add the compressed-tensors ``quantization_config`` block to
-config.json. Every format copies ``sparsekit.json`` with an added ``export`` section and
-puts a short JSON summary under the ``sparsekit`` key of each safetensors file's metadata.
+Both compressed formats add a compressed-tensors ``quantization_config`` block to config.json
+(:func:`sparsity_block`). No current loader decodes it: compressed-tensors >= 0.15 dropped the
+sparse formats and, with transformers 5, loads such a checkpoint *with random weights* in the
+compressed layers (only missing-key warnings). So by default the block also carries
+``"config_groups": LOAD_HINT``, a string where compressed-tensors expects an object: plain
+``from_pretrained`` then fails (ImportError without compressed-tensors; with it, a validation
+error that quotes "sparse export: load it with sparsekit.load(path)") instead of running
+garbage. ``compressed_tensors_compat=True`` leaves the marker out, for the old stacks that
+still decode the format (compressed-tensors <= 0.14: vLLM < 0.19 on SM90, transformers 4.x).
+:func:`sparsekit.load` reads both.
+
+Every format copies ``sparsekit.json`` with an added ``export`` section, puts a short JSON
+summary under the ``sparsekit`` key of each safetensors file's metadata, and copies the
+sparsekit side files (``sparsekit-*.safetensors``) and the tokenizer/generation files
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,8 +50,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sparsekit.atomic import atomic_directory
+from sparsekit.atomic import atomic_directory, check_output
 from sparsekit.errors import UsageError
+from sparsekit.export.files import (INDEX_FILE, META_FILE, check_safetensors, side_files,
+                                    weight_files)
 from sparsekit.export.formats import (BITMASK, SPARSE24, compress_24, compress_bitmask,
                                       not_24_groups)
 
@@ -48,21 +62,11 @@ FORMATS = {"sparse24": SPARSE24, "bitmask": BITMASK, "dense": "dense"}
 # written as the block's "version" because loaders of that era expect the key.
 COMPRESSED_TENSORS_VERSION = "0.14.0"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-META_FILE = "sparsekit.json"
-INDEX_FILE = "model.safetensors.index.json"
+# Where compressed-tensors expects an object: transformers + compressed-tensors refuse the
+# checkpoint and quote this string whole (pydantic cuts quoted inputs longer than 50 chars).
+LOAD_HINT = "sparse export: load it with sparsekit.load(path)"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
-
-
-def weight_files(directory: str | Path) -> list[Path]:
-    """The safetensors files of a model directory (from the index when sharded)."""
-    directory = Path(directory)
-    index = directory / INDEX_FILE
-    if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    single = directory / "model.safetensors"
-    return [single] if single.exists() else []
 
 
 def _read_json(path: Path) -> dict:
@@ -126,16 +130,19 @@ def _linear_names(config_dir: Path) -> list[str]:
 
 
 def sparsity_block(fmt: str, targets: list[str], all_linears: list[str], global_sparsity: float,
-                   structure: str) -> dict:
+                   structure: str, compat: bool = False) -> dict:
     """The compressed-tensors ``quantization_config`` for a sparse-only checkpoint.
 
     ``targets`` is ``["Linear"]`` (the class name, as llm-compressor writes it) and ``ignore``
     names every other nn.Linear module exactly (lm_head and any layer left dense), so the
-    compressed set is exactly ``targets`` minus ``ignore``.
+    compressed set is exactly ``targets`` minus ``ignore``. Unless ``compat``, the block also
+    has ``"config_groups": LOAD_HINT`` so that loaders which cannot decode it refuse it.
     """
     wanted = set(targets)
+    marker = {} if compat else {"config_groups": LOAD_HINT}
     return {
         "quant_method": "compressed-tensors",
+        **marker,
         "sparsity_config": {
             "format": fmt,
             "global_sparsity": global_sparsity,
@@ -149,7 +156,11 @@ def sparsity_block(fmt: str, targets: list[str], all_linears: list[str], global_
     }
 
 
-def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
+def check_export_paths(src: str | Path, out: str | Path, overwrite: bool) -> None:
+    """Everything about the input and output directories that can be refused before reading a
+    tensor: ``src`` is a pruned directory with intact safetensors weights, ``out`` may be
+    written (:func:`~sparsekit.atomic.check_output`) and does not overlap ``src``."""
+    src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise UsageError(f"{src}: no config.json: give the directory `sparsekit prune` wrote")
     if not (src / META_FILE).is_file():
@@ -158,13 +169,8 @@ def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
     if not weight_files(src):
         raise UsageError(f"{src}: no model.safetensors (or index): export needs safetensors "
                          "weights")
-    s, o = src.resolve(), out.resolve()
-    if o == s or s.is_relative_to(o) or o.is_relative_to(s):
-        raise UsageError(f"output {out} overlaps the input {src}: choose another output directory")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output {out} is a file: give a directory path")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output {out} already exists: choose another one or pass overwrite")
+    check_output(out, overwrite, inputs=[src])
+    check_safetensors(src)
 
 
 def _format_offenders(offenders: list[tuple[str, int]]) -> str:
@@ -173,18 +179,23 @@ def _format_offenders(offenders: list[tuple[str, int]]) -> str:
     more = f" and {len(offenders) - 3} more" if len(offenders) > 3 else ""
     return (f"{len(offenders)} targeted layer(s) are not exactly 2:4 (a group of 4 input "
             f"columns with more than 2 nonzeros): {shown}{more}; prune with --pattern 2:4 "
-            "or export with format 'bitmask' or 'dense'")
+            "or export with --format bitmask or --format dense")
 
 
 def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "sparse24",
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
-                 overwrite: bool = False, progress: Progress | None = None) -> dict:
+                 overwrite: bool = False, progress: Progress | None = None,
+                 compressed_tensors_compat: bool = False) -> dict:
     """Write ``pruned_dir`` to ``out_dir`` in ``format`` ("sparse24", "bitmask" or "dense").
 
     ``dtype`` ("bfloat16", "float16", "float32"; None keeps the stored dtype) casts floating
-    tensors on the way. Returns a summary: format, out_dir, shards, tensor_bytes (all
-    tensors), linear_bytes (tensors of the targeted layers, as written), linear_dense_bytes
-    (their dense equivalent), compressed_layers, global_sparsity, seconds.
+    tensors on the way. ``compressed_tensors_compat`` writes the plain compressed-tensors block
+    (see the module doc: loads in compressed-tensors <= 0.14 stacks, but transformers 5 with
+    compressed-tensors >= 0.15 would load it with random weights). Returns a summary: format,
+    out_dir, shards, tensor_bytes (all tensors), linear_bytes (tensors of the targeted layers,
+    as written), linear_dense_bytes (their dense equivalent), layers (pruned layers written,
+    any format), compressed_layers (0 for dense), global_sparsity, dtype, side_files,
+    compressed_tensors_compat, seconds.
     """
     from sparsekit import __version__
 
@@ -195,7 +206,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     if max_shard_bytes <= 0:
         raise UsageError("max_shard_bytes must be positive")
     src, out = Path(pruned_dir), Path(out_dir)
-    _check_paths(src, out, overwrite)
+    check_export_paths(src, out, overwrite)
     config = _read_json(src / "config.json")
     if config.get("quantization_config") or config.get("compression_config"):
         raise UsageError(f"{src}: already quantized or compressed (config.json has a "
@@ -220,10 +231,13 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
         stats = dict(zeros=0, numel=0, linear=0, linear_dense=0, layers=0, out_dtype=None)
         offenders: list[tuple[str, int]] = []
         present: set[str] = set()
-        total = sum(len(safe_open(str(f), "pt").keys()) for f in files)
+        total = 0
+        for path in files:
+            with _open(path) as reader:
+                total += len(reader.keys())
         done = 0
         for path in files:
-            with safe_open(str(path), framework="pt") as reader:
+            with _open(path) as reader:
                 for key in sorted(reader.keys()):
                     present.add(key)
                     tensor = reader.get_tensor(key)
@@ -258,7 +272,8 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
             except Exception:  # custom architectures: fall back to the usual head name
                 linears = ["lm_head"]
             config["quantization_config"] = sparsity_block(
-                FORMATS[format], targets, linears, global_sparsity, structure)
+                FORMATS[format], targets, linears, global_sparsity, structure,
+                compat=compressed_tensors_compat)
         if cast is not None:
             config["dtype"] = dtype
             if "torch_dtype" in config:
@@ -268,10 +283,14 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
         summary = {"format": format, "out_dir": str(out), "shards": len(shards),
                    "tensor_bytes": writer.total_bytes, "linear_bytes": stats["linear"],
                    "linear_dense_bytes": stats["linear_dense"],
+                   "layers": stats["layers"],
                    "compressed_layers": stats["layers"] if format != "dense" else 0,
                    "global_sparsity": global_sparsity,
                    "dtype": str(stats["out_dtype"]).replace("torch.", "") if stats["out_dtype"]
-                   else None}
+                   else None,
+                   "side_files": [p.name for p in side_files(src)],
+                   "compressed_tensors_compat": bool(compressed_tensors_compat
+                                                     and format != "dense")}
         meta_out = dict(meta)
         meta_out["export"] = {"sparsekit_version": __version__,
                               "compressed_tensors_format": FORMATS[format],
@@ -312,11 +331,23 @@ def _encode_target(key: str, weight: torch.Tensor, format: str,
     return group
 
 
+def _open(path: Path):
+    """``safe_open`` with damage reported as a one-line UsageError."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:  # SafetensorError, OSError
+        raise UsageError(f"{path}: cannot read ({exc}): prune again with `sparsekit prune`") \
+            from None
+
+
 def _copy_side_files(src: Path, dst: Path, weights: list[Path]) -> None:
     """Tokenizer, generation config, chat template, README...: every plain file except the
-    weights, their index, config.json and sparsekit.json (written fresh)."""
+    weights, their index, config.json and sparsekit.json (written fresh); and the sparsekit
+    side files ``sparsekit-*.safetensors``, byte for byte."""
     skip = {p.name for p in weights} | {INDEX_FILE, "config.json", META_FILE}
     for item in src.iterdir():
         if (item.is_file() and item.name not in skip and not item.name.startswith(".")
                 and not item.name.endswith((".safetensors", ".bin", ".pt", ".pth"))):
             shutil.copy2(item, dst / item.name)
+    for item in side_files(src):
+        shutil.copyfile(item, dst / item.name)

@@ -1,32 +1,48 @@
-"""Write a pruned model directory atomically: build it under a temporary name, move it into place."""
+"""Write a pruned model directory atomically: build it under a temporary name, move it into place.
+
+The directory is what ``save_pretrained`` writes (config, safetensors weights, tokenizer files)
+plus ``sparsekit.json`` (recipe, per-layer results) and, optionally, sparsekit side files
+``sparsekit-<name>.safetensors`` (e.g. activation-sparsity thresholds), which transformers
+never reads and ``sparsekit export`` copies unchanged.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from sparsekit.atomic import atomic_directory
-from sparsekit.errors import UsageError
+from sparsekit.atomic import atomic_directory, check_output
 
 META_FILE = "sparsekit.json"
 
-
-def check_output(out: str | Path, overwrite: bool) -> Path:
-    """Fail fast (before hours of work) if the output exists and may not be replaced."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise UsageError(f"output {out} already exists: choose another -o or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output {out} is a file: give a directory path for -o")
-    return out
+__all__ = ["META_FILE", "check_output", "write_model_dir"]
 
 
-def write_model_dir(model, tokenizer, out: str | Path, meta: dict, overwrite: bool = False) -> Path:
-    """save_pretrained + tokenizer + sparsekit.json into `out`, all or nothing."""
+def write_model_dir(model, tokenizer, out: str | Path, meta: dict, overwrite: bool = False,
+                    side_files: dict | None = None) -> Path:
+    """save_pretrained + tokenizer + sparsekit.json (+ side files) into ``out``, all or nothing.
+
+    ``side_files`` maps a file name ``sparsekit-<name>.safetensors`` to ``(tensors, metadata)``
+    (a dict of tensors and a str -> str dict, or None). ``out`` is checked first
+    (:func:`~sparsekit.atomic.check_output`); an existing output is replaced only once the new
+    one is complete.
+    """
+    side_files = side_files or {}
+    for name in side_files:
+        if not re.fullmatch(r"sparsekit-[A-Za-z0-9_.-]+\.safetensors", name):
+            raise ValueError(f"side file {name!r} must be named sparsekit-<name>.safetensors")
     out = check_output(out, overwrite)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "prune") as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if side_files:
+            from safetensors.torch import save_file
+
+            for name, (tensors, metadata) in side_files.items():
+                save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
+                          str(tmp / name), metadata=metadata)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
