@@ -1,43 +1,15 @@
-"""Triton kernels for ``y = x @ W.T`` with W in the sparsekit 2:4 layout (see ``sparse24.py``).
+"""Launchers for the 2:4 Triton kernels on the panel layout (:mod:`sparsekit.kernels.panel24`).
 
-Decode (M = 1..16) is memory-bound: the time floor is the bytes of W over HBM bandwidth, and
-2:4 moves 9/16 of the dense bytes. The kernels are built so that every byte comes in through
-wide coalesced loads and the per-value decode is a handful of register ops:
+* :func:`sparse24_mm` -- ``y = x @ W.T (+ bias)`` for 2-D x [M, K]; the kernel is picked by
+  :class:`Sparse24Config`: ``"gemv"`` (:mod:`~sparsekit.kernels.s24_gemv`, CUDA cores, M <= 4)
+  or ``"mma"`` (:mod:`~sparsekit.kernels.s24_mma`, tensor cores, any M).
+* :func:`sparse24_decompress` -- the dense [N, K] weight (tests, the dense twin of a model;
+  the runtime never decompresses to multiply).
 
-* Each program owns ``BN`` output rows and walks K in steps of ``BG`` groups (``4*BG`` dense
-  columns). Per step it loads a ``[BN, 2*BG]`` tile of ``values`` (each row a contiguous run
-  of ``4*BG`` bytes: 16-byte vector loads, full 128-byte lines across a warp) and a
-  ``[BN, BG/4]`` tile of ``meta`` (one int16 per 4 groups, also contiguous). The tile is
-  reshaped to ``[BN, BG, 2]`` and split into the low/high slot values in registers.
-* Indices are decoded with a shift and masks: ``nib = word >> 4*(g % 4) & 15``,
-  ``i0 = nib & 3``, ``i1 = nib >> 2``. No lookup table, no gather from memory.
-  Each meta element is repeated 4x along K with ``tl.join`` (in-thread) rather than
-  broadcast+reshape, which Triton lowers through shared memory.
-* Layout rule found by reading the sm_90 TTGIR/SASS (compiled here without a GPU): for
-  16-bit weights use ``bg = 128`` and ``bn = num_warps`` in the gemv kernel. Then one warp
-  owns one row per step, each lane holds exactly one 16-byte value vector (4 groups) and
-  its one int16 of meta, and the only cross-lane traffic left is the small ``x`` slice
-  (values stream LDG.128 straight into FMAs; 40 registers, no spills). Larger ``bn`` per
-  warp makes Triton shuffle the decoded indices or the values through shared memory.
-* ``x`` for the step is one contiguous ``[BM, 4*BG]`` load (L1/L2 resident, evict-last),
-  split into the 4 in-group lanes ``x0..x3`` in registers. Because ``i0 in {0,1,2}`` and
-  ``i1 in {1,2,3}``, each kept value picks its activation with two selects.
-* ``gemv`` kernel (M <= 4): fp32 FMAs into a ``[BM, BN, BG]`` register accumulator, reduced
-  across lanes once after the K loop (no per-step shuffles).
-* ``dot`` kernel (M up to 16): the tile is expanded to dense ``[BN, 4*BG]`` in registers
-  (``where(col == i0, v0, where(col == i1, v1, 0))``) and fed to ``tl.dot`` with
-  ``x.T`` padded to 16 columns: the tensor cores absorb the M-fold FMA work, so the cost per
-  weight byte stays flat from M = 1 to 16 while the decode cost is paid once per value.
-* Split-K: for tall-skinny shapes (e.g. 4096 x 14336) there are too few row tiles to keep
-  every SM streaming, so K is cut into ``split_k`` ranges; partial fp32 sums go to a
-  workspace and a tiny second kernel adds them (deterministic, no atomics, so bf16 works on
-  any GPU) and applies bias and the output cast. With ``split_k == 1`` the main kernel writes
-  the output directly.
-
-Accumulation is always fp32. Everything also runs under ``TRITON_INTERPRET=1`` on CPU
-tensors (fp32, fp16), which is how the tests check it against the torch reference.
-Only long-standing Triton APIs are used (``tl.split``/``tl.reshape``/``tl.dot``/
-``eviction_policy``), so Triton 3.x from about 3.2 on compiles it.
+Accumulation is fp32; the output has x's dtype. Split-K partials are combined in a fixed
+order (no atomics on outputs), so results are bitwise reproducible for a given config.
+Everything also runs under ``TRITON_INTERPRET=1`` on CPU tensors (fp32, fp16; bf16 through
+``upcast``), which is how the tests check the kernels against the torch reference.
 """
 
 from __future__ import annotations
@@ -50,288 +22,212 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsekit.kernels.s24_gemv import _s24_gemv_kernel
+from sparsekit.kernels.s24_mma import _s24_mma_kernel
+from sparsekit.kernels.s24_tiles import _s24_reduce_kernel, expand_dense, load_tile
 
-@triton.jit
-def _load_wtile(V, MT, rn, nmask, g0, G, stride_vn, stride_mn,
-                BN: tl.constexpr, BG: tl.constexpr):
-    """Load one K step of W: slot values v0/v1 [BN, BG] (storage dtype) and in-group
-    columns i0/i1 [BN, BG] (int32)."""
-    oh = 2 * g0 + tl.arange(0, 2 * BG)
-    vals = tl.load(V + rn[:, None] * stride_vn + oh[None, :],
-                   mask=nmask[:, None] & (oh[None, :] < 2 * G), other=0.0,
-                   eviction_policy="evict_first")
-    v0, v1 = tl.split(tl.reshape(vals, (BN, BG, 2)))
-    ow = g0 // 4 + tl.arange(0, BG // 4)
-    words = tl.load(MT + rn[:, None] * stride_mn + ow[None, :],
-                    mask=nmask[:, None] & (ow[None, :] < G // 4), other=0,
-                    eviction_policy="evict_first").to(tl.int32)
-    # repeat each meta element 4x along K with joins (in-thread), not broadcast+reshape:
-    # Triton keeps joins in the load's layout, so the indices line up with the values
-    words = tl.reshape(tl.join(words, words), (BN, BG // 2))
-    words = tl.reshape(tl.join(words, words), (BN, BG))
-    nib = (words >> ((tl.arange(0, BG) % 4) * 4)[None, :]) & 15
-    return v0, v1, nib & 3, nib >> 2
-
-
-@triton.jit
-def _fma_row(acc, X, row, M, K, g0, v0, v1, i0, i1, stride_xm, BG: tl.constexpr):
-    """acc [BN, BG] += v0 * x[row, 4g+i0] + v1 * x[row, 4g+i1] (fp32); x picked by selects."""
-    ok = 4 * g0 + tl.arange(0, 4 * BG)
-    xv = tl.load(X + row * stride_xm + ok, mask=(ok < K) & (ok * 0 + row < M), other=0.0,
-                 eviction_policy="evict_last")
-    xe, xo = tl.split(tl.reshape(xv, (BG, 2, 2)))  # xe: cols {0,2}, xo: cols {1,3}
-    x0, x2 = tl.split(xe)
-    x1, x3 = tl.split(xo)
-    x0 = x0.to(tl.float32)[None, :]
-    x1 = x1.to(tl.float32)[None, :]
-    x2 = x2.to(tl.float32)[None, :]
-    x3 = x3.to(tl.float32)[None, :]
-    xs0 = tl.where(i0 == 0, x0, tl.where(i0 == 1, x1, x2))
-    xs1 = tl.where(i1 == 3, x3, tl.where(i1 == 2, x2, x1))
-    return acc + v0 * xs0 + v1 * xs1
-
-
-@triton.jit
-def _store_row(OUT, B, acc, row, pid_s, rn, nmask, M, stride_os, stride_om,
-               PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr):
-    y = tl.sum(acc, axis=1)
-    mask = nmask & (rn * 0 + row < M)
-    if not PARTIAL:
-        if HAS_BIAS:
-            y += tl.load(B + rn, mask=nmask, other=0.0).to(tl.float32)
-        tl.store(OUT + row * stride_om + rn, y.to(OUT.dtype.element_ty), mask=mask)
-    else:
-        tl.store(OUT + pid_s * stride_os + row * stride_om + rn, y, mask=mask)
-
-
-@triton.jit
-def _s24_gemv_kernel(X, V, MT, OUT, B, M, N, K, G, ITERS,
-                     stride_xm, stride_vn, stride_mn, stride_os, stride_om,
-                     BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
-                     PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """CUDA-core kernel for M <= 4: one [BN, BG] fp32 accumulator per activation row
-    (explicit, so every tensor in the loop shares the layout of the weight tile)."""
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
-    nmask = rn < N
-    acc0 = tl.zeros((BN, BG), dtype=tl.float32)
-    acc1 = tl.zeros((BN, BG), dtype=tl.float32)
-    acc2 = tl.zeros((BN, BG), dtype=tl.float32)
-    acc3 = tl.zeros((BN, BG), dtype=tl.float32)
-    g_start = pid_s * ITERS * BG
-    for it in range(ITERS):
-        g0 = g_start + it * BG
-        v0, v1, i0, i1 = _load_wtile(V, MT, rn, nmask, g0, G, stride_vn, stride_mn, BN, BG)
-        v0 = v0.to(tl.float32)
-        v1 = v1.to(tl.float32)
-        acc0 = _fma_row(acc0, X, 0, M, K, g0, v0, v1, i0, i1, stride_xm, BG)
-        if BM > 1:
-            acc1 = _fma_row(acc1, X, 1, M, K, g0, v0, v1, i0, i1, stride_xm, BG)
-        if BM > 2:
-            acc2 = _fma_row(acc2, X, 2, M, K, g0, v0, v1, i0, i1, stride_xm, BG)
-            acc3 = _fma_row(acc3, X, 3, M, K, g0, v0, v1, i0, i1, stride_xm, BG)
-    _store_row(OUT, B, acc0, 0, pid_s, rn, nmask, M, stride_os, stride_om, PARTIAL, HAS_BIAS)
-    if BM > 1:
-        _store_row(OUT, B, acc1, 1, pid_s, rn, nmask, M, stride_os, stride_om, PARTIAL,
-                   HAS_BIAS)
-    if BM > 2:
-        _store_row(OUT, B, acc2, 2, pid_s, rn, nmask, M, stride_os, stride_om, PARTIAL,
-                   HAS_BIAS)
-        _store_row(OUT, B, acc3, 3, pid_s, rn, nmask, M, stride_os, stride_om, PARTIAL,
-                   HAS_BIAS)
-
-
-@triton.jit
-def _s24_dot_kernel(X, V, MT, OUT, B, M, N, K, G, ITERS,
-                    stride_xm, stride_vn, stride_mn, stride_os, stride_om,
-                    BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
-                    PARTIAL: tl.constexpr, HAS_BIAS: tl.constexpr, FP32_DOT: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
-    nmask = rn < N
-    rm = tl.arange(0, BM)
-    mmask = rm < M
-    acc = tl.zeros((BN, BM), dtype=tl.float32)
-    col = tl.arange(0, 4)[None, None, :]
-    g_start = pid_s * ITERS * BG
-    for it in range(ITERS):
-        g0 = g_start + it * BG
-        oh = 2 * g0 + tl.arange(0, 2 * BG)
-        vals = tl.load(V + rn[:, None] * stride_vn + oh[None, :],
-                       mask=nmask[:, None] & (oh[None, :] < 2 * G), other=0.0,
-                       eviction_policy="evict_first")
-        v0, v1 = tl.split(tl.reshape(vals, (BN, BG, 2)))
-        ow = g0 // 4 + tl.arange(0, BG // 4)
-        words = tl.load(MT + rn[:, None] * stride_mn + ow[None, :],
-                        mask=nmask[:, None] & (ow[None, :] < G // 4), other=0,
-                        eviction_policy="evict_first").to(tl.int32)
-        words = tl.reshape(tl.broadcast_to(words[:, :, None], (BN, BG // 4, 4)), (BN, BG))
-        nib = (words >> ((tl.arange(0, BG) % 4) * 4)[None, :]) & 15
-        i0 = (nib & 3)[:, :, None]
-        i1 = (nib >> 2)[:, :, None]
-        zero = tl.zeros((BN, BG, 4), dtype=vals.dtype)
-        dense = tl.where(col == i0, v0[:, :, None], tl.where(col == i1, v1[:, :, None], zero))
-        w = tl.reshape(dense, (BN, 4 * BG))
-        ok = 4 * g0 + tl.arange(0, 4 * BG)
-        xt = tl.load(X + rm[None, :] * stride_xm + ok[:, None],
-                     mask=mmask[None, :] & (ok[:, None] < K), other=0.0,
-                     eviction_policy="evict_last")
-        if FP32_DOT:
-            acc = tl.dot(w, xt, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w, xt, acc)
-    omask = nmask[:, None] & mmask[None, :]
-    if not PARTIAL:
-        if HAS_BIAS:
-            acc += tl.load(B + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
-        tl.store(OUT + rm[None, :] * stride_om + rn[:, None],
-                 acc.to(OUT.dtype.element_ty), mask=omask)
-    else:
-        tl.store(OUT + pid_s * stride_os + rm[None, :] * stride_om + rn[:, None], acc,
-                 mask=omask)
-
-
-@triton.jit
-def _s24_reduce_kernel(WS, OUT, B, MN, N, S, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = o < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(S):
-        acc += tl.load(WS + s * MN + o, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(B + o % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(OUT + o, acc.to(OUT.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _s24_decompress_kernel(V, MT, W, N, K, G, stride_vn, stride_mn, stride_wn,
-                           BN: tl.constexpr, BG: tl.constexpr):
-    rn = tl.program_id(0) * BN + tl.arange(0, BN)
-    nmask = rn < N
-    g0 = tl.program_id(1) * BG
-    oh = 2 * g0 + tl.arange(0, 2 * BG)
-    vals = tl.load(V + rn[:, None] * stride_vn + oh[None, :],
-                   mask=nmask[:, None] & (oh[None, :] < 2 * G), other=0.0)
-    v0, v1 = tl.split(tl.reshape(vals, (BN, BG, 2)))
-    ow = g0 // 4 + tl.arange(0, BG // 4)
-    words = tl.load(MT + rn[:, None] * stride_mn + ow[None, :],
-                    mask=nmask[:, None] & (ow[None, :] < G // 4), other=0).to(tl.int32)
-    words = tl.reshape(tl.broadcast_to(words[:, :, None], (BN, BG // 4, 4)), (BN, BG))
-    nib = (words >> ((tl.arange(0, BG) % 4) * 4)[None, :]) & 15
-    i0 = (nib & 3)[:, :, None]
-    i1 = (nib >> 2)[:, :, None]
-    col = tl.arange(0, 4)[None, None, :]
-    zero = tl.zeros((BN, BG, 4), dtype=vals.dtype)
-    dense = tl.reshape(tl.where(col == i0, v0[:, :, None],
-                                tl.where(col == i1, v1[:, :, None], zero)), (BN, 4 * BG))
-    ok = 4 * g0 + tl.arange(0, 4 * BG)
-    tl.store(W + rn[:, None] * stride_wn + ok[None, :], dense,
-             mask=nmask[:, None] & (ok[None, :] < K))
-
-
-# ----------------------------------------------------------------------------- launchers
+REDUCE = {"none": 0, "serial": 1, "kernel": 2}
+GEMV_MAX_M = 4
 
 
 @dataclass(frozen=True)
 class Sparse24Config:
-    """Tile configuration. ``kernel``: "gemv" (CUDA-core FMA, M <= 4) or "dot" (tensor
-    cores, M <= 16). ``bn`` rows and ``bg`` groups (4*bg dense columns) per step; ``bg`` is a
-    power of two >= 8. ``split_k`` 0 means "choose from the SM count"."""
+    """Tile configuration of one kernel launch.
+
+    ``kernel`` "gemv" (M <= 4) or "mma"; ``bn`` weight rows and ``bg`` groups (4*bg dense
+    columns) per step, ``bg`` a power of two that divides or is a multiple of the panel width;
+    ``bm`` x rows per tile (mma only; >= 16); ``split_k`` K splits, 0 = choose them so that
+    there are about ``occ`` programs per SM; ``reduce`` how splits are combined: "serial" (the
+    last arriving split sums, one kernel) or "kernel" (a second kernel); ``prefetch`` loads
+    the next weight tile before using the current one.
+
+    Layout rule (16-bit weights, from the sm_90 TTGIR): ``bn * bg == 128 * num_warps`` gives
+    every thread exactly one 16-byte vector of values and its one meta word per step, and the
+    decode then needs no data exchange between threads."""
 
     kernel: str = "gemv"
-    bn: int = 16
-    bg: int = 128
+    bn: int = 8
+    bg: int = 64
+    bm: int = 16
     split_k: int = 0
+    occ: int = 4
+    reduce: str = "serial"
+    prefetch: bool = True
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 1
 
     def short(self) -> str:
-        return (f"{self.kernel}:bn{self.bn}:bg{self.bg}:sk{self.split_k}"
+        s = f"{self.kernel}:bn{self.bn}:bg{self.bg}"
+        if self.kernel == "mma":
+            s += f":bm{self.bm}"
+        split = f"sk{self.split_k}" if self.split_k else f"o{self.occ}"
+        return (s + f":{split}:{self.reduce[0]}:p{int(self.prefetch)}"
                 f":w{self.num_warps}:s{self.num_stages}")
+
+    @classmethod
+    def parse(cls, text: str) -> Sparse24Config:
+        """Inverse of :meth:`short` (the form the dispatch tables and the benchmark use)."""
+        parts = text.split(":")
+        kw: dict = {"kernel": parts[0]}
+        fields = {"bn": "bn", "bg": "bg", "bm": "bm", "sk": "split_k", "o": "occ",
+                  "w": "num_warps", "s": "num_stages"}
+        for p in parts[1:]:
+            if p in ("s", "k"):
+                kw["reduce"] = {"s": "serial", "k": "kernel"}[p]
+            elif p in ("p0", "p1"):
+                kw["prefetch"] = p == "p1"
+            else:
+                key = p.rstrip("0123456789")
+                if key not in fields or key == p:
+                    raise ValueError(f"bad field {p!r} in kernel config {text!r}")
+                kw[fields[key]] = int(p[len(key):])
+        return cls(**kw)
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
+@functools.cache
+def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def default_config(m: int, n: int, k: int) -> Sparse24Config:
-    """Untuned defaults (to be replaced by the benchmark's measured table)."""
-    if m <= 4:
-        return Sparse24Config("gemv", bn=4, bg=128, num_warps=4)
-    return Sparse24Config("dot", bn=64, bg=32, num_warps=4)
-
-
-def choose_split(cfg: Sparse24Config, n: int, g: int, device: torch.device) -> int:
-    """Cut K so that there are about 4 programs per SM, keeping >= 4 steps per split."""
-    if cfg.split_k > 0:
-        return cfg.split_k
+def choose_split(tiles: int, steps: int, device: torch.device, per_sm: int = 3,
+                 min_steps: int = 4, max_split: int = 32) -> int:
+    """K splits so that ``tiles * split`` is about ``per_sm`` programs per SM, each split
+    keeping at least ``min_steps`` K steps. 1 on CPU."""
     if device.type != "cuda":
         return 1
-    tiles = triton.cdiv(n, cfg.bn)
-    steps = triton.cdiv(g, cfg.bg)
-    want = triton.cdiv(4 * _sm_count(device.index or 0), tiles)
-    return int(max(1, min(want, steps // 4, 16)))
+    want = triton.cdiv(per_sm * sm_count(device.index or 0), tiles)
+    return int(max(1, min(want, steps // min_steps, max_split)))
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tile counters for the "serial" split-K reduction, one buffer per device.
+    Every launch leaves them zero; launches that use them must not run concurrently (one
+    stream, or one CUDA graph replay at a time)."""
+    key = str(device)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("split-K counters must be allocated before CUDA graph capture: "
+                               "run the model once before capturing")
+        buf = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
+def default_config(m: int) -> Sparse24Config:
+    """Untuned defaults (layout-rule tiles), used where the runtime has no measured table."""
+    if m <= GEMV_MAX_M:
+        return Sparse24Config("gemv", bn=8, bg=64, num_warps=4)
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    return Sparse24Config("mma", bn=64, bg=16, bm=bm, num_warps=8, num_stages=3)
+
+
+def _check(x, values, meta, in_features, cfg):
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise ValueError(f"x must be [M, {in_features}], got {tuple(x.shape)}")
+    if values.dim() != 3 or meta.dim() != 3 or meta.dtype != torch.int16:
+        raise ValueError("values must be [P, N, 2*PG] and meta int16 [P, N, PG/4] (panel layout)")
+    pg = values.shape[2] // 2
+    if cfg.bg < 4 or cfg.bg & (cfg.bg - 1) or (pg % cfg.bg and cfg.bg % pg):
+        raise ValueError(f"tile of {cfg.bg} groups: must be a power of two >= 4 that divides "
+                         f"or is a multiple of the panel width {pg}")
+    if values.numel() >= 2**31:
+        raise ValueError("weights of 2**31 or more values are not supported (int32 offsets)")
+    if cfg.kernel == "gemv" and x.shape[0] > GEMV_MAX_M:
+        raise ValueError(f"gemv kernel is for M <= {GEMV_MAX_M}, got M={x.shape[0]}")
+    if cfg.kernel not in ("gemv", "mma"):
+        raise ValueError(f"unknown kernel {cfg.kernel!r}")
+    if cfg.kernel == "mma" and (cfg.bm < 16 or cfg.bn < 16):
+        raise ValueError("mma tiles need bm >= 16 and bn >= 16")
+    return pg
 
 
 def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, in_features: int,
-                bias: torch.Tensor | None = None,
-                config: Sparse24Config | None = None) -> torch.Tensor:
-    """``y = x @ W.T (+ bias)`` for 2-D ``x`` [M, K] (M <= 16) and packed W; y in x.dtype."""
-    m, k = x.shape
-    if k != in_features:
-        raise ValueError(f"x has {k} features, the weight expects {in_features}")
+                bias: torch.Tensor | None = None, config: Sparse24Config | None = None,
+                upcast: bool | None = None) -> torch.Tensor:
+    """``y = x @ W.T (+ bias)``, x [M, K] (any M for "mma", M <= 4 for "gemv"), W in panel
+    layout (``values`` [P, N, 2*PG], ``meta`` [P, N, PG/4]); y [M, N] in x's dtype.
+    ``upcast`` (mma) multiplies in fp32: default for fp32 x and under the interpreter."""
+    m = x.shape[0]
+    cfg = config or default_config(m)
+    pg = _check(x, values, meta, in_features, cfg)
     if x.stride(-1) != 1:
         x = x.contiguous()
-    n, kh = values.shape
-    g = kh // 2
-    cfg = config or default_config(m, n, k)
-    if cfg.kernel == "gemv":
-        bm = triton.next_power_of_2(max(m, 1))
-        kern = _s24_gemv_kernel
-    else:
-        bm = max(16, triton.next_power_of_2(max(m, 1)))
-        kern = _s24_dot_kernel
-    if m > bm or (cfg.kernel == "gemv" and m > 4):
-        raise ValueError(f"{cfg.kernel} kernel is for small M, got M={m}")
+    n = values.shape[1]
+    g = values.shape[0] * pg
+    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if m == 0:
+        return out
     steps = triton.cdiv(g, cfg.bg)
-    split = max(1, min(choose_split(cfg, n, g, x.device), steps))
+    if cfg.kernel == "gemv":
+        bm = triton.next_power_of_2(m)
+        tiles = triton.cdiv(n, cfg.bn)
+    else:
+        bm = cfg.bm
+        tiles = triton.cdiv(n, cfg.bn) * triton.cdiv(m, bm)
+    split = cfg.split_k or choose_split(tiles, steps, x.device, per_sm=cfg.occ)
+    split = max(1, min(split, steps))
     iters = triton.cdiv(steps, split)
     split = triton.cdiv(steps, iters)  # no empty splits
-    out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    target = out if split == 1 else torch.empty((split, m, n), device=x.device,
-                                                dtype=torch.float32)
+    reduce = 0 if split == 1 else REDUCE[cfg.reduce]
+    ws = out if reduce == 0 else torch.empty((split, m, n), device=x.device,
+                                             dtype=torch.float32)
+    cnt = _counters(x.device, tiles) if reduce == 1 else out
     has_bias = bias is not None
     b = bias if has_bias else out
-    grid = (triton.cdiv(n, cfg.bn), split)
-    extra = {}
-    if kern is _s24_dot_kernel:
-        extra["FP32_DOT"] = x.dtype == torch.float32
-    kern[grid](x, values, meta, target, b, m, n, k, g, iters,
-               x.stride(0), values.stride(0), meta.stride(0),
-               target.stride(0) if split > 1 else 0, n,
-               BM=bm, BN=cfg.bn, BG=cfg.bg, PARTIAL=split > 1, HAS_BIAS=has_bias,
-               num_warps=cfg.num_warps, num_stages=cfg.num_stages, **extra)
-    if split > 1:
+    common = dict(BM=bm, BN=cfg.bn, BG=cfg.bg, PG=pg, PREFETCH=cfg.prefetch, REDUCE=reduce,
+                  HAS_BIAS=has_bias, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (x, values, meta, out, ws, cnt, b, m, n, in_features, g, iters, split,
+            x.stride(0), out.stride(0))
+    if cfg.kernel == "gemv":
+        packed = x.dtype in (torch.float16, torch.bfloat16)
+        if packed:  # one int64 per group of 4 columns (see s24_gemv._x_columns)
+            if x.dtype != values.dtype:
+                raise ValueError(f"x is {x.dtype} but the weight is {values.dtype}")
+            if x.stride(0) % 4 or x.data_ptr() % 8:
+                x = x.contiguous()
+            args = (x.view(torch.int64),) + args[1:13] + (x.stride(0) // 4, out.stride(0))
+        _s24_gemv_kernel[(tiles, split)](*args, X_PACKED=packed, **common)
+    else:
+        if upcast is None:
+            upcast = x.dtype == torch.float32 or interpreting()
+        _s24_mma_kernel[(tiles, split)](*args, GROUP_M=8, UPCAST=upcast, **common)
+    if reduce == 2:
         block = 1024
         _s24_reduce_kernel[(triton.cdiv(m * n, block),)](
-            target, out, b, m * n, n, split, HAS_BIAS=has_bias, BLOCK=block, num_warps=4)
+            ws, out, b, m, n, split, out.stride(0), HAS_BIAS=has_bias, BLOCK=block,
+            num_warps=4)
     return out
 
 
+@triton.jit
+def _s24_decompress_kernel(V, MT, W, N, K, G, stride_wn, BN: tl.constexpr, BG: tl.constexpr,
+                           PG: tl.constexpr):
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    g0 = tl.program_id(1) * BG
+    vals, words = load_tile(V, MT, rn, g0, G, N, BN, BG, PG)
+    dense = expand_dense(vals, words, BN, BG)
+    ok = 4 * g0 + tl.arange(0, 4 * BG)
+    tl.store(W + rn[:, None] * stride_wn + ok[None, :], dense,
+             mask=(rn < N)[:, None] & (ok < K)[None, :])
+
+
 def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
-                        bn: int = 32, bg: int = 64) -> torch.Tensor:
-    """Dense [N, K] weight from the packed form, one Triton launch (no host sync)."""
-    n, kh = values.shape
-    g = kh // 2
+                        bn: int = 16) -> torch.Tensor:
+    """Dense [N, K] weight from the panel layout, one Triton launch (no host sync)."""
+    p, n, vw = values.shape
+    pg = vw // 2
+    bg = min(pg, 32)
     w = torch.empty((n, in_features), device=values.device, dtype=values.dtype)
-    grid = (triton.cdiv(n, bn), triton.cdiv(g, bg))
-    _s24_decompress_kernel[grid](values, meta, w, n, in_features, g, values.stride(0),
-                                 meta.stride(0), w.stride(0), BN=bn, BG=bg, num_warps=4)
+    grid = (triton.cdiv(n, bn), p * pg // bg)
+    _s24_decompress_kernel[grid](values, meta, w, n, in_features, p * pg, w.stride(0),
+                                 BN=bn, BG=bg, PG=pg, num_warps=4)
     return w
+
