@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 from sparsekit.calibrate.stats import InputStats
+from sparsekit.prune import masks as masks_mod
 from sparsekit.prune.masks import (
     apply_mask_,
     magnitude_mask,
@@ -18,7 +20,8 @@ from sparsekit.prune.masks import (
     wanda_mask,
     wanda_scores,
 )
-from sparsekit.prune.sparsegpt import sparsegpt_prune
+from sparsekit.prune.methods import METHODS, SelectArgs
+from sparsekit.prune.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 
 
 def _gen(seed=0):
@@ -158,6 +161,10 @@ def test_wanda_mask_exact_per_row_large():
     assert torch.all(mask.sum(1) == math.floor(256 * 0.6))
     nm = wanda_mask(w, s, 0.5, nm=(4, 8))
     assert torch.all(nm.reshape(64, -1, 8).sum(-1) == 4)
+    # Which entries: an independent score (fp64) and the plain-Python lowest-k reference.
+    score = w.double().abs() * s.double().sqrt()
+    assert torch.equal(mask, _ref_row_mask(score, math.floor(256 * 0.6)))
+    assert torch.equal(nm, _ref_row_mask(score.reshape(-1, 8), 4).reshape(64, 256))
     with pytest.raises(ValueError, match=r"\[256\]"):
         wanda_scores(w, s[:-1])
 
@@ -184,11 +191,11 @@ def _correlated(d_in=64, nseq=4, seqlen=64, seed=10):
     x = torch.randn(nseq, seqlen, d_in, generator=g) @ mix
     stats = InputStats(d_in, hessian=True)
     stats.update(x)
-    return x.reshape(-1, d_in), stats
+    return x, stats  # [nseq, seqlen, d_in]: exactly what the statistics saw (nseq sequences)
 
 
 def _recon_error(x, w, w_new):
-    return float(torch.linalg.matrix_norm(x @ (w - w_new).T))
+    return float(torch.linalg.matrix_norm(x.reshape(-1, x.shape[-1]) @ (w - w_new).T))
 
 
 def _damped(h, percdamp):
@@ -364,10 +371,13 @@ def test_sparsegpt_hopeless_hessian_falls_back(kind, fallback):
 def test_cuda_matches_cpu():
     x, stats = _correlated()
     w = torch.randn(32, 64, generator=_gen(40))
+    assert x.dim() == 3  # both sides count the same 4 sequences
     cuda_stats = InputStats(64, hessian=True)
     cuda_stats.update(x.cuda())
-    assert cuda_stats.device.type == "cuda"
+    assert cuda_stats.device.type == "cuda" and cuda_stats.nsamples == stats.nsamples == 4
     torch.testing.assert_close(cuda_stats.hessian.cpu(), stats.hessian, rtol=1e-4, atol=1e-3)
+    for k in ("sq_norm", "mean", "var"):
+        torch.testing.assert_close(getattr(cuda_stats, k).cpu(), getattr(stats, k), rtol=1e-4, atol=1e-4)
     assert torch.equal(wanda_mask(w.cuda(), stats.sq_norm, 0.5).cpu(), wanda_mask(w, stats.sq_norm, 0.5))
     assert torch.equal(magnitude_mask(w.cuda(), 0.5).cpu(), magnitude_mask(w, 0.5))
     for nm in (None, (2, 4)):
@@ -376,3 +386,104 @@ def test_cuda_matches_cpu():
         assert a.weight.device.type == "cuda" and a.mask.device.type == "cuda"
         assert torch.equal(a.mask.cpu(), b.mask)
         torch.testing.assert_close(a.weight.cpu(), b.weight, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------- row chunks
+@pytest.mark.parametrize("chunk", [1, 100, 400])
+def test_masks_over_many_row_chunks_match_reference(monkeypatch, chunk):
+    # _CHUNK_ELEMS scores per chunk: 40 columns -> 1, 2 or 10 rows per chunk, with a short last
+    # chunk; 4-column N:M groups -> 1, 25 or 100 group-rows per chunk.
+    monkeypatch.setattr(masks_mod, "_CHUNK_ELEMS", chunk)
+    g = _gen(50)
+    scores = torch.randint(0, 5, (23, 40), generator=g).float()  # many ties
+    assert torch.equal(row_mask(scores, 0.45), _ref_row_mask(scores, math.floor(40 * 0.45)))
+    assert torch.equal(nm_mask(scores, 2, 4), _ref_row_mask(scores.reshape(-1, 4), 2).reshape(23, 40))
+    w, s = torch.randn(23, 40, generator=g), torch.rand(40, generator=g)
+    assert torch.equal(wanda_mask(w, s, 0.5), _ref_row_mask(w.double().abs() * s.double().sqrt(), 20))
+    assert torch.equal(magnitude_mask(w, 0.5, per_row=True), _ref_row_mask(w.abs(), 20))
+
+
+def test_mask_of_a_layer_bigger_than_one_chunk():
+    rows, cols = 1100, 4096  # 4.5M scores: two chunks at the default size
+    assert rows * cols > masks_mod._CHUNK_ELEMS
+    g = _gen(51)
+    w, s = torch.randn(rows, cols, generator=g), torch.rand(cols, generator=g)
+    k = math.floor(cols * 0.5)
+    mask = wanda_mask(w, s, 0.5)
+    score = w.double().abs() * s.double().sqrt()
+    expected = torch.zeros(rows, cols, dtype=torch.bool)
+    expected.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
+    assert torch.equal(mask, expected)
+    assert torch.equal(mask[-1], expected[-1]) and int(mask[-76:].sum()) == 76 * k  # the last chunk too
+
+
+# ---------------------------------------------------------------- SparseGPT numerics
+def test_sparsegpt_diagonal_fallback_uses_rsqrt_of_the_damped_diagonal():
+    d = 16
+    diag = torch.linspace(1.0, 40.0, d)  # NOT unit: sqrt and rsqrt differ
+    sign = torch.tensor([1.0, -1.0]).repeat(d // 2)
+    off = 1e6 * (torch.ones(d, d) - torch.eye(d)) * sign
+    h = torch.diag(diag) + (off + off.T) / 2  # hugely indefinite: every damping fails
+    u, damp, retries, fallback, dead = inverse_hessian_factor(h, 0.01, 3)
+    assert (fallback, retries) == ("diagonal", 3) and damp == pytest.approx(10.0) and not dead.any()
+    damped = diag.double() + 10.0 * diag.double().mean()
+    torch.testing.assert_close(u.double(), torch.diag(damped.rsqrt()), rtol=1e-6, atol=0.0)
+    w = torch.randn(6, d, generator=_gen(52))
+    res = sparsegpt_prune(w, h, 0.5, nm=(2, 4), blocksize=8)
+    # Scores w^2 / U_jj^2 = w^2 (H_jj + damp * mean H_jj); a diagonal U gives no updates.
+    score = w.double() ** 2 * damped
+    assert torch.equal(res.mask, _ref_row_mask(score.reshape(-1, 4), 2).reshape(6, d))
+    assert torch.equal(res.weight[~res.mask], w[~res.mask])
+    assert res.loss == pytest.approx(0.5 * float(score[res.mask].sum()), rel=1e-5)
+
+
+def _hessian_needing_damping(frac, d=32, seed=31):
+    """A Hessian whose smallest eigenvalue is -frac * (its mean diagonal)."""
+    _, stats = _correlated(d_in=d, seed=seed)
+    h = stats.hessian.double()
+    evals, evecs = torch.linalg.eigh(h)
+    v = evecs[:, 0:1]
+    # new min eigenvalue evals[0] - c, new mean diagonal (trace - c) / d
+    c = (float(evals[0]) + frac * float(h.diagonal().sum()) / d) / (1 + frac / d)
+    return (h - c * v @ v.T).float()
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_sparsegpt_retries_equal_a_direct_run_at_the_final_damping(nm):
+    bad = _hessian_needing_damping(0.5)  # 0.01 and 0.1 fail, 1.0 works
+    keep = bad.clone()
+    w = torch.randn(8, 32, generator=_gen(53))
+    res = sparsegpt_prune(w, bad, 0.5, nm=nm, blocksize=16)
+    assert res.retries == 2 and res.damp_used == pytest.approx(1.0) and res.fallback is None
+    assert torch.equal(bad, keep)
+    # Damping does not accumulate over retries (0.01 + 0.1 + 1.0): same as a direct run at 1.0.
+    direct = sparsegpt_prune(w, bad, 0.5, nm=nm, blocksize=16, percdamp=res.damp_used, max_retries=0)
+    assert direct.retries == 0 and direct.damp_used == res.damp_used and direct.fallback is None
+    assert torch.equal(res.mask, direct.mask) and torch.equal(res.weight, direct.weight)
+    assert res.loss == direct.loss
+    # Fewer retries allowed than needed: the diagonal fallback, at the last damping tried.
+    short = sparsegpt_prune(w, bad, 0.5, nm=nm, blocksize=16, max_retries=1)
+    assert short.fallback == "diagonal" and short.retries == 1 and short.damp_used == pytest.approx(0.1)
+
+
+def _stats_with_hessian(h):
+    d = h.shape[0]
+    return InputStats.from_state_dict({
+        "nsamples": torch.tensor([1]), "ntokens": torch.tensor([1]), "sq_norm": torch.ones(d),
+        "mean": torch.zeros(d), "m2": torch.zeros(d), "hessian": h,
+    })
+
+
+def test_sparsegpt_method_reports_damping_retries_and_fallback():
+    select = METHODS["sparsegpt"].select
+    args = SelectArgs(0.5, blocksize=16)
+    w = torch.randn(8, 32, generator=_gen(54))
+    bad = _hessian_needing_damping(0.5)
+    out = select(w, _stats_with_hessian(bad), args)
+    assert re.search(r"dampening raised to 1\b", out.note) and "fell back" not in out.note
+    ref = sparsegpt_prune(w, bad, 0.5, blocksize=16)
+    assert torch.equal(out.weight, ref.weight) and torch.equal(out.mask, ref.mask)
+    _, good = _correlated(d_in=32, seed=55)
+    assert select(w, good, args).note == ""
+    out = select(w, _stats_with_hessian(-torch.eye(32)), args)
+    assert re.search(r"dampening raised to 10\b.*identity", out.note)
