@@ -20,8 +20,8 @@ import torch
 from sparsekit.bench import RANDOM_MODELS, random_model
 from sparsekit.calibrate.engine import activation_bytes
 from sparsekit.models import DTYPES, prunable_linears
-from sparsekit.prune.methods import PruneSpec
 from sparsekit.prune.pipeline import prune_model
+from sparsekit.prune.recipe import Calibration, make_recipe
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3-8b", choices=sorted(RANDOM_MODELS))
     ap.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
     ap.add_argument("--pattern", default="unstructured")
+    ap.add_argument("--refine", default="none", choices=["none", "dsnot"])
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -45,25 +46,25 @@ def main() -> None:
     build_s = time.perf_counter() - start
     ids = torch.randint(0, model.config.vocab_size, (args.nsamples, args.seqlen),
                         generator=torch.Generator().manual_seed(0))
-    nm = None if args.pattern == "unstructured" else tuple(map(int, args.pattern.split(":")))
-    spec = PruneSpec(args.method, 0.5, nm)
+    spec = make_recipe(method=args.method, pattern=args.pattern, refine=args.refine,
+                       calibration=Calibration(batch_size=args.batch_size))
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     offload_acts = {"auto": None, "cpu": True, "device": False}[args.activations]
-    run = prune_model(model, spec, prunable_linears(model), calibration=ids, batch_size=args.batch_size,
+    run = prune_model(model, spec, prunable_linears(model), calibration=ids,
                       device=args.device if args.offload else None, offload_activations=offload_acts)
     if cuda:
         torch.cuda.synchronize()
     result = {
-        "model": args.model, "method": args.method, "pattern": args.pattern, "dtype": args.dtype,
+        "model": args.model, "method": args.method, "pattern": args.pattern, "refine": args.refine, "dtype": args.dtype,
         "device": args.device, "offload": args.offload,
         "activations_on": run.times.activations_on or None,
         "activation_gib": round(activation_bytes(model, ids) / 2**30, 2), "nsamples": args.nsamples, "seqlen": args.seqlen,
         "batch_size": args.batch_size, "build_s": round(build_s, 2), "total_s": round(run.seconds, 2),
         "capture_s": round(run.times.capture, 2), "forwards_s": round(run.times.forward, 2),
-        "math_s": round(run.times.process, 2),
+        "math_s": round(run.times.process, 2), "refine_s": round(run.refine_seconds, 2),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
     }

@@ -11,15 +11,19 @@ from sparsekit.data import windows
 from sparsekit.eval.perplexity import perplexity
 
 
-def independent_ppl(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> float:
-    """The SparseGPT/Wanda protocol written out plainly: exp(mean over windows of mean CE)."""
+def independent_ppl(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+                    bos: int | None = None) -> float:
+    """The SparseGPT/Wanda protocol written out plainly: exp(mean over windows of mean CE).
+    With `bos`, each window's first (never scored) token is replaced by it."""
     n = ids.numel() // seqlen
     if max_windows:
         n = min(n, max_windows)
     per_window = []
     with torch.no_grad():
         for w in range(n):
-            chunk = ids[w * seqlen:(w + 1) * seqlen].unsqueeze(0)
+            chunk = ids[w * seqlen:(w + 1) * seqlen].clone().unsqueeze(0)
+            if bos is not None:
+                chunk[0, 0] = bos
             logp = torch.log_softmax(model(chunk).logits[0, :-1].double(), dim=-1)
             per_window.append(-logp.gather(1, chunk[0, 1:, None]).mean().item())
     return math.exp(sum(per_window) / n)
@@ -37,16 +41,21 @@ def test_perplexity_matches_independent_protocol(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "opt", "phi3"])
-def test_cli_eval_on_text_file(arch, tiny_model_dir, tiny_tokenizer, cli):
+@pytest.mark.parametrize("bos", ["auto", "always", "never"])
+def test_cli_eval_on_text_file(arch, bos, tiny_model_dir, tiny_tokenizer, cli):
+    """--bos never: one BOS at the start of the text (the published protocol); always: every
+    window starts with BOS in place of its unscored first token; auto: always for Gemma only."""
     path = data_file("test")
     code, stdout, _ = cli("eval", tiny_model_dir(arch), "--data", path, "--seqlen", 64,
-                          "--max-windows", 3, "--json")
+                          "--max-windows", 3, "--bos", bos, "--json")
     assert code == 0
     got = json.loads(stdout)
     rows = path.read_text(encoding="utf-8").splitlines()
     ids = tiny_tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
     assert ids[0].item() == tiny_tokenizer.bos_token_id  # one BOS, at the very start
-    expected = independent_ppl(tiny_model(arch), ids, 64, 3)
+    with_bos = bos == "always" or (bos == "auto" and arch == "gemma3")
+    assert got["bos"] == ("always" if with_bos else "never") and got["bos_option"] == bos
+    expected = independent_ppl(tiny_model(arch), ids, 64, 3, bos=tiny_tokenizer.bos_token_id if with_bos else None)
     assert got["ppl"] == pytest.approx(expected, rel=1e-5)
     assert (got["windows"], got["seqlen"], got["tokens"]) == (3, 64, 3 * 63)
     assert got["weight_sparsity"] == 0.0
@@ -55,7 +64,7 @@ def test_cli_eval_on_text_file(arch, tiny_model_dir, tiny_tokenizer, cli):
 def test_cli_eval_table_and_errors(tiny_model_dir, cli, tmp_path):
     model = tiny_model_dir("llama")
     code, stdout, _ = cli("eval", model, "--data", data_file("test"), "--seqlen", 32, "--max-windows", 2)
-    assert code == 0 and "perplexity" in stdout and "0.00%" in stdout
+    assert code == 0 and "Perplexity of" in stdout and "0.00%" in stdout
     code, _, err = cli("eval", model, "--data", data_file("test"), "--seqlen", 100000)
     assert code == 2 and "longer than the model's context (256)" in err
     empty = tmp_path / "empty.txt"
@@ -87,13 +96,19 @@ def test_demo_model_eval_matches_transformers_gguf(cli):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = data_file("test")
-    code, stdout, _ = cli("eval", "demo", "--data", path, "--seqlen", 128, "--max-windows", 2,
-                          "--dtype", "float32", "--json")
-    assert code == 0
-    got = json.loads(stdout)
+    runs = {}
+    for bos in ("auto", "never"):
+        code, stdout, _ = cli("eval", "demo", "--data", path, "--seqlen", 128, "--max-windows", 2,
+                              "--dtype", "float32", "--bos", bos, "--json")
+        assert code == 0
+        runs[bos] = json.loads(stdout)
+    assert runs["auto"]["bos"] == "always" and runs["never"]["bos"] == "never"  # Gemma: BOS by default
     directory, name = os.path.split(assemble())
     tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
     ids = tok("\n\n".join(path.read_text(encoding="utf-8").splitlines()), return_tensors="pt").input_ids[0]
-    assert got["ppl"] == pytest.approx(independent_ppl(model, ids, 128, 2), rel=1e-4)
-    assert 20 < got["ppl"] < 1000
+    assert runs["never"]["ppl"] == pytest.approx(independent_ppl(model, ids, 128, 2), rel=1e-4)
+    assert runs["auto"]["ppl"] == pytest.approx(independent_ppl(model, ids, 128, 2, bos=tok.bos_token_id), rel=1e-4)
+    # Gemma-3 is trained to always see BOS first: without it, its predictions degrade
+    assert runs["auto"]["ppl"] < runs["never"]["ppl"]
+    assert 10 < runs["auto"]["ppl"] < 1000

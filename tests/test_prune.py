@@ -9,8 +9,12 @@ from conftest import ARCHS, data_file, tiny_model
 from sparsekit.calibrate.engine import run_sequential
 from sparsekit.models import decoder_layers, prunable_linears
 from sparsekit.prune.masks import wanda_mask
-from sparsekit.prune.methods import PruneSpec
+from sparsekit.prune.recipe import Calibration, make_recipe
 from sparsekit.prune.pipeline import prune_model
+
+
+def recipe(method, sparsity=None, pattern="unstructured", batch=8, **kw):
+    return make_recipe(method=method, sparsity=sparsity, pattern=pattern, calibration=Calibration(batch_size=batch), **kw)
 
 
 def calib_ids(n=5, seqlen=16, seed=0):
@@ -38,10 +42,10 @@ def test_engine_at_sparsity_zero_reproduces_the_model(arch):
     model = tiny_model(arch)
     ids = calib_ids()
     reference = layer_outputs(model, lambda: model(input_ids=ids, use_cache=False))
-    spec = PruneSpec("wanda", 0.0)
+    spec = recipe("wanda", 0.0, batch=2)
     targets = prunable_linears(model)
     before = {n: lin.weight.clone() for n, lin in targets.items()}
-    engine = layer_outputs(model, lambda: prune_model(model, spec, targets, calibration=ids, batch_size=2))
+    engine = layer_outputs(model, lambda: prune_model(model, spec, targets, calibration=ids))
     for i, ref in reference.items():
         # the engine runs each layer on batches of 2, 2, 1, twice (statistics, then recompute),
         # except the last layer which is not recomputed (argument capture passes through the
@@ -82,14 +86,14 @@ def test_wanda_in_the_engine_uses_each_layers_own_inputs(arch):
 
     targets = prunable_linears(model, targets=r"layers\.[01]\.self_attn\.q_proj")
     layer0_only = {k: v for k, v in targets.items() if ".0." in k}
-    prune_model(model, PruneSpec("wanda", 0.5), layer0_only, calibration=ids, batch_size=4)
+    prune_model(model, recipe("wanda", 0.5, batch=4), layer0_only, calibration=ids)
     assert torch.equal(q0.weight == 0, expected0)
     x1 = layer1_input()
     expected1 = wanda_mask(w1_dense, x1.pow(2).sum(dim=(0, 1)) / x1.shape[0], 0.5)
     # now the full sequential run on a fresh copy must reproduce both masks
     fresh = tiny_model(arch)
-    prune_model(fresh, PruneSpec("wanda", 0.5), prunable_linears(fresh, targets=r"layers\.[01]\.self_attn\.q_proj"),
-                calibration=ids, batch_size=3)
+    prune_model(fresh, recipe("wanda", 0.5, batch=3), prunable_linears(fresh, targets=r"layers\.[01]\.self_attn\.q_proj"),
+                calibration=ids)
     _, fresh_layers = decoder_layers(fresh)
     assert torch.equal(fresh_layers[0].self_attn.q_proj.weight == 0, expected0)
     assert torch.equal(fresh_layers[1].self_attn.q_proj.weight == 0, expected1)
@@ -101,7 +105,7 @@ def test_nm_patterns_are_exact(method, pattern):
     n, m = map(int, pattern.split(":"))
     model = tiny_model("qwen3")
     targets = prunable_linears(model)
-    run = prune_model(model, PruneSpec(method, n / m, (n, m)), targets, calibration=calib_ids(), batch_size=2)
+    run = prune_model(model, recipe(method, pattern=f"{n}:{m}", batch=2), targets, calibration=calib_ids())
     assert len(run.layers) == len(targets)
     for name, lin in targets.items():
         groups = (lin.weight == 0).reshape(-1, m).sum(dim=1)
@@ -111,13 +115,13 @@ def test_nm_patterns_are_exact(method, pattern):
 def test_unstructured_wanda_is_exact_per_row_and_sparsegpt_per_matrix():
     model = tiny_model("mistral")
     targets = prunable_linears(model)
-    prune_model(model, PruneSpec("wanda", 0.3), targets, calibration=calib_ids(), batch_size=5)
+    prune_model(model, recipe("wanda", 0.3, batch=5), targets, calibration=calib_ids())
     for name, lin in targets.items():
         per_row = (lin.weight == 0).sum(dim=1)
         assert (per_row == int(lin.in_features * 0.3)).all(), name
     model = tiny_model("mistral")
     targets = prunable_linears(model)
-    prune_model(model, PruneSpec("sparsegpt", 0.5), targets, calibration=calib_ids(), batch_size=5)
+    prune_model(model, recipe("sparsegpt", 0.5, batch=5), targets, calibration=calib_ids())
     for name, lin in targets.items():
         assert (lin.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.01), name
 
@@ -135,8 +139,9 @@ def test_cli_prune_writes_model_and_recipe(tiny_model_dir, cli, tmp_path):
     meta = json.loads((out / "sparsekit.json").read_text())
     assert summary["recipe"] == meta["recipe"]
     recipe = meta["recipe"]
-    assert (recipe["method"], recipe["pattern"], recipe["sparsity"], recipe["nsamples"], recipe["seqlen"],
-            recipe["seed"], recipe["sampling"]) == ("wanda", "2:4", 0.5, 4, 32, 0, "random")
+    cal = recipe["calibration"]
+    assert (recipe["method"], recipe["pattern"], recipe["sparsity"], cal["nsamples"], cal["seqlen"],
+            cal["seed"], cal["sampling"], cal["bos"]) == ("wanda", "2:4", 0.5, 4, 32, 0, "random", "never")
     assert set(recipe["versions"]) >= {"sparsekit", "torch", "transformers"}
     assert len(meta["layers"]) == 14 and all(v["achieved"] == 0.5 for v in meta["layers"].values())
     assert meta["achieved_sparsity"] == 0.5
@@ -169,7 +174,8 @@ def test_cli_calibrate_then_prune_with_stats(tiny_model_dir, cli, tmp_path):
     assert torch.equal(seq["model.layers.0.mlp.up_proj.weight"], reuse["model.layers.0.mlp.up_proj.weight"])
     assert not torch.equal(seq["model.layers.2.mlp.down_proj.weight"], reuse["model.layers.2.mlp.down_proj.weight"])
     meta = json.loads((tmp_path / "c" / "sparsekit.json").read_text())
-    assert meta["recipe"]["stats"] == str(stats) and meta["recipe"]["sampling"] == "first"
+    assert meta["recipe"]["calibration"]["stats"] == str(stats)
+    assert meta["recipe"]["calibration"]["sampling"] == "first"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -228,8 +234,17 @@ def test_existing_output_needs_overwrite(tiny_model_dir, cli, tmp_path):
     (out / "keep.txt").write_text("x")
     code, _, stderr = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude"))
     assert code == 2 and "--overwrite" in stderr and (out / "keep.txt").exists()
-    code, _, _ = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude", "--overwrite"))
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "sparsekit.json").exists()
+    # --overwrite never empties a directory that sparsekit did not write
+    code, _, stderr = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude", "--overwrite"))
+    assert code == 2 and (out / "keep.txt").exists() and len(stderr.strip().splitlines()) == 1
+    (out / "keep.txt").unlink()
+    code, _, _ = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude"))
+    assert code == 0 and (out / "sparsekit.json").exists()
+    first = (out / "sparsekit.json").read_text()
+    code, _, _ = cli(*prune_args(tiny_model_dir("llama"), out, "--method", "magnitude", "--sparsity", "0.3",
+                                 "--overwrite"))
+    assert code == 0 and (out / "sparsekit.json").read_text() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("seqlen", [8, 16])
@@ -246,8 +261,8 @@ def test_sliding_mask_covering_the_window_is_dropped_with_the_same_result(seqlen
     assert (masks[0] is None) == (seqlen == 8)
     reference = layer_outputs(model, lambda: model(input_ids=ids, use_cache=False))
     targets = prunable_linears(model)
-    engine = layer_outputs(model, lambda: prune_model(model, PruneSpec("wanda", 0.0), targets,
-                                                      calibration=ids, batch_size=3))
+    engine = layer_outputs(model, lambda: prune_model(model, recipe("wanda", 0.0, batch=3), targets,
+                                                      calibration=ids))
     for i, ref in reference.items():
         assert torch.allclose(engine[i][-1], ref[0], atol=1e-5, rtol=1e-4)
 
@@ -328,10 +343,10 @@ def test_offloaded_weights_prune_like_the_cpu(method, offload_activations):
     """Weights in CPU memory, one layer at a time on the GPU, activations pinned on the CPU or
     kept on the GPU: the same masks as pruning on the CPU (up to a few near-ties)."""
     ids = calib_ids(6, 32)
-    spec = PruneSpec(method, 0.5)
+    spec = recipe(method, 0.5, batch=4)
     cpu_model, gpu_model = tiny_model("llama"), tiny_model("llama")
-    prune_model(cpu_model, spec, prunable_linears(cpu_model), calibration=ids, batch_size=4)
-    prune_model(gpu_model, spec, prunable_linears(gpu_model), calibration=ids, batch_size=4,
+    prune_model(cpu_model, spec, prunable_linears(cpu_model), calibration=ids)
+    prune_model(gpu_model, spec, prunable_linears(gpu_model), calibration=ids,
                 device="cuda", offload_activations=offload_activations)
     assert next(gpu_model.parameters()).device.type == "cpu"  # moved back after each layer
     for (name, a), b in zip(prunable_linears(cpu_model).items(), prunable_linears(gpu_model).values()):

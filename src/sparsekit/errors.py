@@ -5,3 +5,7 @@ class UsageError(Exception):
     """Bad input from the user. The message names the problem and the fix."""
 
     exit_code = 2
+
+
+class NumericalError(UsageError):
+    """NaN or inf in weights, activations or statistics: the run stops and names where."""

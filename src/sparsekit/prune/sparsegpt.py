@@ -122,6 +122,7 @@ def sparsegpt_prune(
     percdamp: float = 0.01,
     max_retries: int = 3,
     backend: str = "auto",
+    mask: torch.Tensor | None = None,
 ) -> SparseGPTResult:
     """Prune one linear layer with SparseGPT; the inputs are not modified.
 
@@ -135,6 +136,9 @@ def sparsegpt_prune(
         backend: how each block's column loop runs: "torch" (a loop of small ops, the
             reference), "triton" (one kernel launch per block, `kernels/obs_triton.py`) or
             "auto" (Triton on CUDA, torch elsewhere).
+        mask: a fixed mask (bool [out, in], True = pruned) instead of SparseGPT's own selection:
+            only the OBS updates run, compensating for exactly these pruned weights (used after a
+            refiner such as DSnoT changed the mask). `sparsity` and `nm` are then not used.
     """
     if weight.dim() != 2:
         raise ValueError(f"sparsegpt_prune expects a 2-D weight, got shape {tuple(weight.shape)}")
@@ -153,6 +157,8 @@ def sparsegpt_prune(
             raise ValueError(f"blocksize {blocksize} must be a multiple of M={m} for {n}:{m} sparsity")
     else:
         num_pruned(1, sparsity)  # validates the range
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (rows, cols)):
+        raise ValueError(f"mask must be a bool tensor of shape {(rows, cols)}, got {mask.dtype} {tuple(mask.shape)}")
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be auto, torch or triton, got {backend!r}")
     if backend == "auto":
@@ -165,7 +171,8 @@ def sparsegpt_prune(
         u, damp, retries, fallback, dead = inverse_hessian_factor(h, percdamp, max_retries)
         if backend == "triton":
             u = u.contiguous()  # the factor may come back column-major from the solver
-        mask, losses = _blocked_obs(w, u, dead, sparsity, nm, blocksize, backend == "triton")
+        fixed = None if mask is None else mask.to(device)
+        mask, losses = _blocked_obs(w, u, dead, sparsity, nm, blocksize, backend == "triton", fixed)
         del u
     return SparseGPTResult(
         weight=w.to(dtype=weight.dtype),
@@ -186,12 +193,14 @@ def _blocked_obs(
     nm: tuple[int, int] | None,
     blocksize: int,
     use_triton: bool = False,
+    fixed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SparseGPT block loop; updates `w` (fp32) in place, returns (mask, per-row loss).
 
     Inside a block the torch loop works on the transposed block ([columns, rows],
     contiguous), so each column is a contiguous row and every per-column update
     is one BLAS rank-1 `addmm_`. With `use_triton` the column loop is one kernel launch.
+    With `fixed` (a whole-matrix mask) no selection happens: each block prunes what it says.
     """
     rows, cols = w.shape
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
@@ -200,7 +209,8 @@ def _blocked_obs(
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         if use_triton:
-            err1 = _obs_block_triton(w, u, dead, sparsity, nm, i1, i2, mask)
+            block_fixed = None if fixed is None else fixed[:, i1:i2]
+            err1 = _obs_block_triton(w, u, dead, sparsity, nm, i1, i2, mask, block_fixed)
             losses.add_(err1.square().sum(dim=1))
             if i2 < cols:
                 w[:, i2:].addmm_(err1, u[i1:i2, i2:], alpha=-1.0)
@@ -210,14 +220,16 @@ def _blocked_obs(
         d1 = u1.diagonal()
         inv_d2 = d1.square().reciprocal() * (~dead[i1:i2]).to(torch.float32)  # dead: score 0
         err1 = torch.zeros(count, rows, dtype=torch.float32, device=w.device)
-        if nm is None:
+        if fixed is not None:
+            mask1 = fixed[:, i1:i2].T.contiguous()
+        elif nm is None:
             scores = w1.square() * inv_d2[:, None]
             k = num_pruned(rows * count, sparsity)
             mask1 = _prune_lowest(scores.T.reshape(1, -1), k).reshape(rows, count).T.contiguous()
         else:
             mask1 = torch.zeros(count, rows, dtype=torch.bool, device=w.device)
         for i in range(count):
-            if nm is not None and i % nm[1] == 0:
+            if fixed is None and nm is not None and i % nm[1] == 0:
                 g = slice(i, i + nm[1])
                 scores = (w1[g] * inv_d2[g, None] * w1[g]).T  # [rows, M]
                 mask1[g] = _prune_lowest(scores, nm[0]).T
@@ -243,7 +255,8 @@ def _triton_available() -> bool:
 
 
 def _obs_block_triton(w: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, sparsity: float,
-                      nm: tuple[int, int] | None, i1: int, i2: int, mask: torch.Tensor) -> torch.Tensor:
+                      nm: tuple[int, int] | None, i1: int, i2: int, mask: torch.Tensor,
+                      fixed: torch.Tensor | None = None) -> torch.Tensor:
     """One block [i1, i2) with the Triton column loop; same masks and updates as the torch
     loop above. Writes the block's mask into `mask`, returns the errors [rows, count]."""
     from sparsekit.kernels.obs_triton import obs_block_
@@ -253,7 +266,9 @@ def _obs_block_triton(w: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, spar
     u1 = u[i1:i2, i1:i2]
     d1 = u1.diagonal()
     inv_d2 = d1.square().reciprocal() * (~dead[i1:i2]).to(torch.float32)
-    if nm is None:
+    if fixed is not None:
+        err1, block_mask = obs_block_(w1, u1, d1, prune=fixed)
+    elif nm is None:
         scores = w1.square() * inv_d2[None, :]
         k = num_pruned(rows * (i2 - i1), sparsity)
         prune = _prune_lowest(scores.reshape(1, -1), k).view(rows, i2 - i1)

@@ -1,0 +1,28 @@
+"""Load whatever a user names: a model (`models.load_model`) or a compressed sparsekit export
+(`export.load`, with its sparse runtime modules). The one place that knows both, so that
+`models` stays free of the export code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparsekit.errors import UsageError
+from sparsekit.models import LoadedModel, load_model, resolve_device, resolve_dtype
+
+
+def load_any(spec: str, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
+             tokenizer: bool = True, offload: bool = False, for_pruning: bool = False) -> LoadedModel:
+    """`models.load_model`, or `sparsekit.load` for a sparse24/bitmask export directory."""
+    from sparsekit.export.loader import is_export, load
+
+    if Path(spec).is_dir() and is_export(spec) in ("sparse24", "bitmask"):
+        if for_pruning:
+            raise UsageError(f"{spec} is a compressed export: prune or calibrate the model directory it was "
+                             "exported from (or a --format dense export)")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        model, tok = load(spec, device=dev, dtype=None if torch_dtype == "auto" else torch_dtype,
+                          trust_remote_code=trust_remote_code)
+        return LoadedModel(model, tok if tokenizer else None, spec, spec, "export")
+    return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                      tokenizer=tokenizer, offload=offload, for_pruning=for_pruning)
