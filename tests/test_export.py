@@ -210,11 +210,14 @@ def test_load_plain_pruned_dir_and_activation_meta(tmp_path, tiny_tokenizer):
     spec = {"activation": {"model.layers.0.mlp.down_proj": {"threshold": 0.1}}}
     src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, extra=spec)
     assert is_export(src) is None
-    loaded, _ = load(src)
+    loaded, _ = load(src, activation="off")
     torch.testing.assert_close(logits(loaded), logits(model))
     assert loaded.sparsekit_meta["activation"] == spec["activation"]
     export_model(src, tmp_path / "out", "sparse24")
-    assert load(tmp_path / "out")[0].sparsekit_meta["activation"] == spec["activation"]
+    assert load(tmp_path / "out", activation="off")[0].sparsekit_meta["activation"] == spec["activation"]
+    # a section that promises thresholds without their file is refused, not silently ignored
+    with pytest.raises(UsageError, match="sparsekit-activation.safetensors is missing"):
+        load(src)
 
 
 def test_negative_zero_in_pruned_slot_exports(tmp_path, tiny_tokenizer):

@@ -23,7 +23,7 @@ from sparsekit.models import prunable_linears
 from sparsekit.prune.save import write_model_dir
 
 IDS = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(1))
-SIDE = "sparsekit-activation.safetensors"
+SIDE = "sparsekit-extra.safetensors"  # any sparsekit side file (activation thresholds are one kind)
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def pruned_dir(path: Path, tokenizer, side: bool = False):
     meta = {"recipe": {"method": "magnitude", "pattern": "2:4"},
             "layers": {n: {"target": 0.5} for n in targets}}
     thresholds = {"model.layers.0.mlp.down_proj/threshold": torch.tensor([0.25, 0.5])}
-    metadata = {"sparsekit": json.dumps({"format": "sparsekit-activation"})}
+    metadata = {"sparsekit": json.dumps({"format": "sparsekit-extra"})}
     sides = {SIDE: (thresholds, metadata)} if side else None
     write_model_dir(model, tokenizer, path, meta, side_files=sides)
     return model

@@ -105,7 +105,7 @@ def _check_model(model: str) -> None:
 
 
 def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: bool, tokenizer: bool = True,
-          offload: bool = False, for_pruning: bool = False):
+          offload: bool = False, for_pruning: bool = False, activation: str = "auto"):
     from contextlib import nullcontext
 
     from sparsekit.loading import load_any
@@ -114,7 +114,7 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: b
     start = time.perf_counter()
     with nullcontext() if quiet else err.status(f"loading {model} (a .gguf is converted once, ~1 min) ..."):
         loaded = load_any(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                          tokenizer=tokenizer, offload=offload, for_pruning=for_pruning)
+                          tokenizer=tokenizer, offload=offload, for_pruning=for_pruning, activation=activation)
     return loaded, time.perf_counter() - start
 
 
@@ -203,6 +203,10 @@ def eval_cmd(
         "--max-windows", help="Score only the first N windows (default: all).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 1,
     bos: BosOpt = "auto",
+    act_mode: Annotated[str, typer.Option(
+        "--act-mode", help="Activation sparsity saved with the model: auto (as recorded), all (every token), "
+                           "decode (one-token steps only: every evaluation window is prefill, so it stays "
+                           "dense), or off.")] = "auto",
     dtype: DtypeOpt = "auto", device: DeviceOpt = "auto", offload: OffloadOpt = False,
     trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -224,10 +228,11 @@ def eval_cmd(
         raise UsageError(f"--max-windows must be at least 1, got {max_windows}")
     check_seqlen(seqlen)
     check_choice("--bos", bos, BOS_MODES)
+    check_choice("--act-mode", act_mode, ("auto", "all", "decode", "off"))
     _check_load_options(dtype, device, offload)
     _check_model(model)
     check_data_request(data, "test")
-    loaded, load_s = _load(model, dtype, device, trust_remote_code, json_out, offload=offload)
+    loaded, load_s = _load(model, dtype, device, trust_remote_code, json_out, offload=offload, activation=act_mode)
     seqlen = _resolve_seqlen(loaded.model, seqlen)
     bos_id = _bos_id(loaded, bos)
     wins = windows(eval_tokens(loaded.tokenizer, data, seqlen), seqlen, max_windows)
@@ -237,12 +242,18 @@ def eval_cmd(
         task = progress.add_task(f"perplexity ({wins.shape[0]} x {seqlen})", total=wins.shape[0])
         result = perplexity(loaded.model, wins, batch_size,
                             on_batch=lambda n: progress.advance(task, n))
+    from sparsekit.runtime.act_sparse import activation_sparsity_report
+
+    act_report = activation_sparsity_report(loaded.model)
     sparsity = weight_sparsity(loaded.model)
     summary = {
         "model": model, "data": data, "seqlen": seqlen, "bos": "always" if bos_id is not None else "never",
         "bos_option": bos, "windows": result.windows, "tokens": result.tokens, "ppl": result.ppl,
         "nll": result.nll, "weight_sparsity": sparsity.overall, "sparsity_by_type": sparsity.by_kind(),
         "seconds": round(result.seconds, 3), "load_seconds": round(load_s, 3), "dtype": _dtype_name(loaded.model),
+        "activation_sparsity": act_report or None,
+        "activation_method": ((getattr(loaded.model, "sparsekit_meta", None) or {}).get("activation") or {}).get("method")
+        if act_report else None,
     }
     if json_out:
         _emit_json(summary)
@@ -253,6 +264,10 @@ def eval_cmd(
     table.add_row(data, str(seqlen), summary["bos"], str(result.windows), str(result.tokens), f"{result.ppl:.4f}",
                   f"{sparsity.overall:.2%}", f"{result.seconds:.1f}")
     out.print(table)
+    if act_report:
+        from sparsekit.report import activation_report_table
+
+        out.print(activation_report_table(act_report))
 
 
 # Calibration and pruning ------------------------------------------------------------------
@@ -309,6 +324,13 @@ def _check_finite_weights(targets) -> None:
         check_finite(name, "weights", lin.weight)
 
 
+def _sketch_collector(model, device):
+    """Activation sketches of every point any activation method reads, handed out per layer."""
+    from sparsekit.activation.collect import LayerSketches
+
+    return LayerSketches(model, device=device)
+
+
 def _calibration_settings(cal, seqlen: int, bos_id: int | None) -> dict:
     return {"data": cal.data, "nsamples": cal.nsamples, "seqlen": seqlen, "seed": cal.seed,
             "sampling": cal.sampling, "bos": "always" if bos_id is not None else "never"}
@@ -323,6 +345,11 @@ def calibrate_cmd(
     hessian: Annotated[bool, typer.Option(
         "--hessian", help="Also store each layer's Hessian X^T X (needed by --method sparsegpt; "
                           "in_features^2 floats per layer).")] = False,
+    activations: Annotated[bool, typer.Option(
+        "--activations", help="Also store activation-sparsity sketches (a per-channel histogram of |x| for "
+                              "every linear input and FFN activation, 600 bytes per channel), from which "
+                              "`prune --activation ... --stats FILE` sets TEAL/CHESS/WINA thresholds for any "
+                              "target without running the model.")] = False,
     targets: TargetsOpt = None, ignore: IgnoreOpt = None, batch_size: BatchOpt = 8,
     dtype: DtypeOpt = "auto", device: DeviceOpt = "auto", offload: OffloadOpt = False,
     trust_remote_code: TrustOpt = False, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
@@ -359,10 +386,11 @@ def calibrate_cmd(
     seqlen = _resolve_seqlen(loaded.model, cal.seqlen)
     bos_id = _bos_id(loaded, cal.bos)
     ids = _calibration_ids(loaded, cal, seqlen, bos_id)
-    settings = {**_calibration_settings(cal, seqlen, bos_id), "hessian": hessian, "targets": targets,
-                "ignore": ignore, "versions": _versions()}
+    settings = {**_calibration_settings(cal, seqlen, bos_id), "hessian": hessian, "activations": activations,
+                "targets": targets, "ignore": ignore, "versions": _versions()}
     writer = StatsWriter(output, fingerprint(loaded.model, found), settings)
     count = 0
+    sketches = _sketch_collector(loaded.model, run_on) if activations else None
 
     def keep(index, linears, stats):
         nonlocal count
@@ -370,11 +398,19 @@ def calibrate_cmd(
         count += len(stats)
         return False
 
+    def layer_done(index: int, total: int) -> None:
+        if sketches is not None:  # this layer's sketches are complete: write them, free them
+            writer.add_tensors(sketches.take_layer(index))
+        progress.update(task, completed=index + 1, total=total)
+
     with writer, _progress() as progress:
         task = progress.add_task("calibrating layers", total=None)
-        times = run_sequential(loaded.model, ids, found, keep, batch_size=cal.batch_size, device=run_on,
-                               hessian=hessian, modifies=False,
-                               on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n))
+        try:
+            times = run_sequential(loaded.model, ids, found, keep, batch_size=cal.batch_size, device=run_on,
+                                   hessian=hessian, modifies=False, on_layer=layer_done)
+        finally:
+            if sketches is not None:
+                sketches.close()
         writer.finish()
     total = time.perf_counter() - start
     summary = {"output": output, "layers": count, **settings,
@@ -420,6 +456,19 @@ def prune_cmd(
         "--dsnot-cycles", help="dsnot: most swaps per output row (default 50).")] = None,
     dsnot_skip: Annotated[Optional[str], typer.Option(
         "--dsnot-skip", help="dsnot: regex of linears to leave unrefined, e.g. 'mlp' (default: refine all).")] = None,
+    activation: Annotated[str, typer.Option(
+        "--activation", help="Dynamic activation sparsity, calibrated on the (pruned) model and saved with it: "
+                             "none; teal (one magnitude threshold per linear input); chess (channel-wise "
+                             "thresholds on the FFN activation, and the q_proj/o_proj inputs); wina (|x_i| x "
+                             "||W[:, i]||, for every sparsified linear).")] = "none",
+    act_sparsity: Annotated[Optional[float], typer.Option(
+        "--act-sparsity", help="Fraction of the inputs of each sparsified site zeroed per token (default 0.5).")] = None,
+    act_allocation: Annotated[Optional[str], typer.Option(
+        "--act-allocation", help="uniform (default: every site at --act-sparsity) or greedy (per-site "
+                                 "sparsities chosen to minimise each block's output error at the same mean).")] = None,
+    act_mode: Annotated[Optional[str], typer.Option(
+        "--act-mode", help="all (default: every token) or decode (tokens generated one at a time; prefill "
+                           "stays dense). Recorded in the model; `eval --act-mode` overrides it.")] = None,
     data: CalDataOpt = None, nsamples: NsamplesOpt = None, seqlen: SeqlenOpt = None,
     seed: SeedOpt = None, sampling: SamplingOpt = None, bos: BosOpt = "auto",
     stats: Annotated[Optional[str], typer.Option(
@@ -465,7 +514,8 @@ def prune_cmd(
     recipe = make_recipe(method=method, sparsity=sparsity, pattern=pattern, per_row=per_row, blocksize=blocksize,
                          percdamp=percdamp, layerwise=layerwise, owl_m=owl_m, owl_lambda=owl_lambda,
                          dlp_alpha=dlp_alpha, refine=refine, dsnot_cycles=dsnot_cycles, dsnot_skip=dsnot_skip,
-                         targets=targets, ignore=ignore, calibration=cal)
+                         targets=targets, ignore=ignore, activation=activation, act_sparsity=act_sparsity,
+                         act_allocation=act_allocation, act_mode=act_mode, calibration=cal)
     check_choice("--save-dtype", save_dtype, ("auto", *DTYPES))
     check_output(output, overwrite, inputs=[model] if Path(model).exists() else [])
     dev = _check_load_options(dtype, device, offload)
@@ -486,6 +536,10 @@ def prune_cmd(
         saved, settings = load_stats(cal.stats, fingerprint(loaded.model, found), list(found),
                                      need_hessian=recipe.needs_hessian)
         check_settings(settings, {"bos": "always" if bos_id is not None else "never"}, cal.stats)
+        if recipe.activation != "none" and not settings.get("activations"):
+            raise UsageError(f"--stats {cal.stats} has no activation statistics, which --activation "
+                             f"{recipe.activation} needs: recalibrate with `sparsekit calibrate --activations`, "
+                             "or drop --stats")
         calib = {k: settings.get(k) for k in ("data", "nsamples", "seqlen", "seed", "sampling", "bos")}
         calib["stats"] = cal.stats
     elif calibrates:
@@ -500,6 +554,12 @@ def prune_cmd(
                           on_layer=lambda i, n: progress.update(task, completed=i + 1, total=n),
                           on_phase=lambda phase: progress.update(task, description=f"{label}: {phase}",
                                                                  completed=0, total=None))
+        act = None
+        if recipe.activation != "none":
+            progress.update(task, description=f"{recipe.activation} activation thresholds @ {recipe.act_sparsity:g}",
+                            completed=0, total=None)
+            act = _activation_stage(loaded.model, recipe, ids, calib, run_on,
+                                    lambda i, n: progress.update(task, completed=i + 1, total=n))
     for r in run.layers:
         if r.note:
             err.print(f"note: {r.name}: {r.note}", highlight=False, markup=False)
@@ -513,34 +573,59 @@ def prune_cmd(
                                 **({"swaps": r.swaps} if r.swaps is not None else {}),
                                 **({"note": r.note} if r.note else {})} for r in run.layers},
             "achieved_sparsity": report.overall}
+    side_files = {}
+    if act is not None:
+        from sparsekit.activation.store import ACTIVATION_FILE, activation_file
+
+        meta["activation"], tensors, metadata = activation_file(act.tensors, act.section)
+        side_files[ACTIVATION_FILE] = (tensors, metadata)
     with err.status(f"writing {output} ..."):
         save_start = time.perf_counter()
         if target_dtype is not None and target_dtype != next(loaded.model.parameters()).dtype:
             loaded.model.to(target_dtype)
         meta["saved_dtype"] = _dtype_name(loaded.model)
-        meta["seconds"] = _prune_seconds(run, load_s, start, save_start)
-        write_model_dir(loaded.model, loaded.tokenizer, output, meta, overwrite)
+        meta["seconds"] = _prune_seconds(run, act, load_s, start, save_start)
+        write_model_dir(loaded.model, loaded.tokenizer, output, meta, overwrite, side_files=side_files)
     seconds = meta["seconds"]
     seconds["save"] = round(time.perf_counter() - save_start, 3)
     seconds["total"] = round(time.perf_counter() - start, 3)
     if json_out:
         _emit_json({"output": output, **meta})
         return
-    from sparsekit.report import allocation_table, prune_table
+    from sparsekit.report import activation_table, allocation_table, prune_table
 
     if recipe.layerwise != "uniform":
         out.print(allocation_table(recipe.layerwise, run.allocation, run.layer_values))
-    out.print(prune_table(run, loaded.model))
+    if recipe.prunes_weights:
+        out.print(prune_table(run, loaded.model))
+    if act is not None:
+        out.print(activation_table(meta["activation"]))
     refine = f", {run.refine_seconds:.1f} s DSnoT" if recipe.refine != "none" else ""
-    out.print(f"Achieved sparsity {report.overall:.2%} over {len(found)} linear layers, saved as "
+    act_s = f", activation thresholds {act.seconds:.1f} s" if act is not None else ""
+    out.print(f"Achieved weight sparsity {report.overall:.2%} over {len(found)} linear layers, saved as "
               f"{meta['saved_dtype']} to {output}. Time {seconds['total']:.1f} s: load {load_s:.1f} s, "
               f"calibration forwards {run.times.capture + run.times.forward:.1f} s, pruning math "
-              f"{run.times.process:.1f} s{refine}, save {seconds['save']:.1f} s")
+              f"{run.times.process:.1f} s{refine}{act_s}, save {seconds['save']:.1f} s")
 
 
-def _prune_seconds(run, load_s: float, start: float, save_start: float) -> dict:
+def _activation_stage(model, recipe, ids, calib: dict, device, on_layer):
+    from sparsekit.activation.plan import plan_activation
+    from sparsekit.activation.stage import calibrate_activation
+    from sparsekit.calibrate.statsfile import load_sketches
+
+    sketches = None
+    if recipe.calibration.stats is not None:
+        plan = plan_activation(model, recipe.activation)
+        sketches = load_sketches(recipe.calibration.stats, plan.points)
+    return calibrate_activation(model, recipe, calibration=ids, sketches=sketches, calibration_doc=calib,
+                                device=device, on_layer=on_layer)
+
+
+def _prune_seconds(run, act, load_s: float, start: float, save_start: float) -> dict:
+    act_s = act.seconds if act is not None else 0.0
     return {"total": round(save_start - start, 3), "load": round(load_s, 3),
-            "prepare": round(save_start - start - load_s - run.seconds, 3),
+            "prepare": round(save_start - start - load_s - run.seconds - act_s, 3),
+            "activation": round(act_s, 3),
             "capture": round(run.times.capture, 3), "calibration_forwards": round(run.times.forward, 3),
             "pruning_math": round(run.times.process, 3), "refine": round(run.refine_seconds, 3),
             "allocation": round(run.allocation_seconds, 3), "pruning": round(run.seconds, 3)}

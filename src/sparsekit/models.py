@@ -365,9 +365,13 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
                      f"found; supported and tested: {', '.join(TESTED_ARCHITECTURES)}")
 
 
+WRAPPED = ".inner"  # runtime wrappers (activation sparsity) hold the module they wrap as `.inner`
+
+
 def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    """The nn.Linear modules of one decoder layer, by name relative to the layer."""
-    return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    """The nn.Linear modules of one decoder layer, by name relative to the layer (a linear
+    inside a runtime wrapper is named as the wrapper is: the name the checkpoint uses)."""
+    return {name.removesuffix(WRAPPED): m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
 
 
 def prunable_linears(model: nn.Module, targets: str | None = None,

@@ -55,6 +55,31 @@ def allocation_table(kind: str, allocation: dict[str, float], values: dict[str, 
     return table
 
 
+def activation_table(section: dict) -> Table:
+    """`prune --activation`: per site type, the target and the sparsity measured on the
+    calibration data with the thresholds set."""
+    from sparsekit.activation.stage import by_role
+
+    table = Table(title=f"Activation sparsity ({section['method']}, {section['allocation']}, mode {section['mode']})")
+    for col in ("site", "sites", "target", "on calibration data"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for role, row in by_role(section).items():
+        table.add_row(role, str(row["sites"]), f"{row['target']:.2%}", f"{row['calibrated']:.2%}")
+    return table
+
+
+def activation_report_table(report: dict) -> Table:
+    """`eval` of a model with activation sparsity: the measured fraction of zeroed inputs per
+    layer type."""
+    table = Table(title="Activation sparsity measured during evaluation")
+    for col in ("layer type", "layers", "zeroed"):
+        table.add_column(col, justify="left" if col == "layer type" else "right")
+    for kind, row in report.items():
+        zeroed = row.get("zeroed")
+        table.add_row(kind, str(row.get("layers")), "-" if zeroed is None else f"{zeroed:.2%}")
+    return table
+
+
 def export_table(path: str, facts: dict) -> Table:
     """`sparsekit info` on an export: format, sizes, sparsity and the recipe."""
     table = Table(title=f"Export {path}")

@@ -46,7 +46,7 @@ def _sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Compressed linears swapped in by the loader (they keep no dense `.weight`)."""
     path, layers = decoder_layers(model)
     return {f"{path}.{i}.{name}": m for i, layer in enumerate(layers)
-            for name, m in layer.named_modules() if hasattr(m, "to_dense_weight")}
+            for name, m in layer.named_modules() if callable(getattr(type(m), "to_dense_weight", None))}
 
 
 @torch.no_grad()

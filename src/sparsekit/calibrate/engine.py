@@ -21,8 +21,10 @@ from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import NumericalError
 from sparsekit.models import decoder_layers
 
-# callback(layer index, {full name: linear}, {full name: stats}) -> True if the weights changed
-LayerCallback = Callable[[int, dict[str, nn.Linear], dict[str, InputStats]], bool]
+# callback(layer index, {full name: linear}, {full name: stats}) -> True if the layer changed
+# (with `layer_runner`, a fourth argument: run_layer() -> the layer's outputs on every cached
+# batch, concatenated, without writing them)
+LayerCallback = Callable[..., bool]
 
 
 @dataclass
@@ -109,7 +111,7 @@ def keep_activations_on_device(needed: int, device: torch.device) -> bool:
 def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[str, nn.Linear],
                    callback: LayerCallback, *, batch_size: int = 8, device: str | torch.device | None = None,
                    offload_activations: bool | None = None, hessian: bool = False, collect: bool = True,
-                   modifies: bool = True,
+                   modifies: bool = True, layer_runner: bool = False,
                    on_layer: Callable[[int, int], None] | None = None) -> EngineTimes:
     """Run the sequential protocol over `calibration` token ids [n, T].
 
@@ -124,6 +126,9 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
         only collects, and the layer's outputs come from a recompute that overwrites its inputs
         in place (one copy of the activations in memory). With False the statistics pass
         writes the outputs in place and the callback must return False.
+    layer_runner: also hand the callback `run_layer()`, which runs the current layer on every
+        cached batch and returns its outputs concatenated (nothing written): for callbacks that
+        measure the layer while changing it (activation-sparsity thresholds, greedy search).
     """
     path, layers = decoder_layers(model)
     home = _layer_device(layers[0])
@@ -186,7 +191,19 @@ def run_sequential(model: nn.Module, calibration: torch.Tensor, targets: dict[st
         hooks = None
         _sync(device)
         t1 = time.perf_counter()
-        changed = callback(i, linears, stats) if linears else False
+        if not linears:
+            changed = False
+        elif layer_runner:
+            def run_layer() -> torch.Tensor:
+                outs = []
+                for h in hidden:
+                    pos, kw = args[h.shape[0]]
+                    outs.append(layer_output(layer(h.to(device, non_blocking=pin), *pos, **kw)))
+                return torch.cat(outs)
+
+            changed = callback(i, linears, stats, run_layer)
+        else:
+            changed = callback(i, linears, stats)
         del stats
         _sync(device)
         t2 = time.perf_counter()

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sparsekit.calibrate import stats as _stats
+from sparsekit.activation.store import SKETCH_TAG
 from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import UsageError
 from sparsekit.models import decoder_layers
@@ -208,6 +209,16 @@ class StatsWriter:
             for key in sorted(state, key=lambda k: (state[k].element_size() < 8, k)):  # 8-byte types first
                 self._write(f"{name}/{key}", state[key])
 
+    def add_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write other per-layer tensors under their own names (e.g. activation sketches,
+        ``<point>/act.<field>``), one layer at a time like the statistics."""
+        if self._done:
+            raise RuntimeError("StatsWriter is closed")
+        for key in sorted(tensors, key=lambda k: (tensors[k].element_size() < 8, k)):
+            if key in self._entries:
+                raise ValueError(f"{key} was already written")
+            self._write(key, tensors[key])
+
     def _write(self, key: str, tensor: torch.Tensor) -> None:
         t = tensor.detach().to("cpu").contiguous()
         if t.dtype not in _DTYPES:
@@ -377,7 +388,7 @@ def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool 
     check_fingerprint(theirs, fp, [], label)  # the model as a whole first
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
+        keys = [k for k in f.keys() if SKETCH_TAG not in k]
     by_owner: dict[str, list[str]] = {}
     for k in keys:
         by_owner.setdefault(k.rsplit("/", 1)[0], []).append(k)
@@ -392,3 +403,28 @@ def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool 
         raise UsageError(f"{label} has no Hessians, which sparsegpt needs: "
                          "recalibrate with `sparsekit calibrate --hessian`")
     return SavedStats(path, owners, used, meta.get("settings", {}), device), meta.get("settings", {})
+
+
+def load_sketches(path: str | Path, keys) -> dict:
+    """The activation sketches of `keys` (points, see `activation.plan`) from a statistics file
+    written by `sparsekit calibrate --activations`, as ActivationSketch objects."""
+    from sparsekit.activation.store import sketches_from_tensors
+
+    path = Path(path)
+    settings = read_header(path).get("settings", {})
+    if not settings.get("activations"):
+        raise UsageError(f"--stats {path} has no activation statistics: recalibrate with "
+                         "`sparsekit calibrate --activations`, or drop --stats")
+    from safetensors import safe_open
+
+    wanted = set(keys)
+    with safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if SKETCH_TAG in k and k.split(SKETCH_TAG)[0] in wanted]
+        tensors = {k: f.get_tensor(k) for k in names}
+    found = {k.split(SKETCH_TAG)[0] for k in names}
+    missing = sorted(wanted - found)
+    if missing:
+        raise UsageError(f"--stats {path} has no activation statistics for {len(missing)} point(s), e.g. "
+                         f"{missing[0]}: recalibrate with `sparsekit calibrate --activations` and the same "
+                         "--targets/--ignore")
+    return sketches_from_tensors(tensors)

@@ -16,14 +16,18 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sparsekit.activation.plan import METHODS as ACTIVATION_METHODS
 from sparsekit.data import BOS_MODES
 from sparsekit.data import SAMPLING as SAMPLINGS
 from sparsekit.errors import UsageError
 from sparsekit.prune.masks import parse_pattern
 from sparsekit.prune.methods import METHODS
+from sparsekit.runtime.act_sparse import MODES as ACT_MODES
 
 LAYERWISE = ("uniform", "owl", "dlp")
 REFINERS = ("none", "dsnot")
+ACTIVATIONS = ("none", *ACTIVATION_METHODS)
+ACT_ALLOCATIONS = ("uniform", "greedy")
 DEFAULT_SPARSITY = 0.5
 
 
@@ -57,6 +61,10 @@ class Recipe:
     dsnot_skip: str | None = None
     targets: str | None = None
     ignore: str | None = None
+    activation: str = "none"           # none | teal | chess | wina
+    act_sparsity: float = 0.5
+    act_allocation: str = "uniform"    # uniform | greedy
+    act_mode: str = "all"              # all tokens, or decode tokens only (prefill dense)
     calibration: Calibration = field(default_factory=Calibration)
 
     @property
@@ -79,7 +87,7 @@ class Recipe:
     def needs_statistics(self) -> bool:
         """Whether any stage reads calibration statistics (so data or --stats is needed)."""
         return (bool(METHODS[self.method].needs) or self.refine != "none"
-                or self.layerwise in ("owl", "dlp"))
+                or self.layerwise in ("owl", "dlp") or self.activation != "none")
 
     def to_json(self) -> dict:
         """The recipe as recorded in sparsekit.json (plain JSON types)."""
@@ -103,6 +111,9 @@ class Recipe:
         if self.refine != "dsnot":
             doc.pop("dsnot_cycles")
             doc.pop("dsnot_skip")
+        if self.activation == "none":
+            for key in ("act_sparsity", "act_allocation", "act_mode"):
+                doc.pop(key)
         return doc
 
 
@@ -163,7 +174,8 @@ def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern
                 layerwise: str = "uniform", owl_m: float | None = None, owl_lambda: float | None = None,
                 dlp_alpha: float | None = None, refine: str = "none", dsnot_cycles: int | None = None,
                 dsnot_skip: str | None = None, targets: str | None = None, ignore: str | None = None,
-                calibration: Calibration | None = None) -> Recipe:
+                activation: str = "none", act_sparsity: float | None = None, act_allocation: str | None = None,
+                act_mode: str | None = None, calibration: Calibration | None = None) -> Recipe:
     """Parse and validate a pruning request; raises UsageError (one line) on any inconsistency."""
     defaults = Recipe()
     calibration = calibration or Calibration()
@@ -233,13 +245,35 @@ def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern
     for option, value in (("--targets", targets), ("--ignore", ignore), ("--dsnot-skip", dsnot_skip)):
         _check_regex(option, value)
 
+    check_choice("--activation", activation, ACTIVATIONS)
+    if activation == "none":
+        for option, value in (("--act-sparsity", act_sparsity), ("--act-allocation", act_allocation),
+                              ("--act-mode", act_mode)):
+            if value is not None:
+                raise UsageError(f"{option} applies to activation sparsity: add --activation teal|chess|wina or drop it")
+        if method == "none":
+            raise UsageError("--method none --activation none leaves the model as it is: give a pruning --method "
+                             "or an --activation method")
+    if act_sparsity is not None and not (math.isfinite(act_sparsity) and 0.0 <= act_sparsity < 1.0):
+        raise UsageError(f"--act-sparsity {act_sparsity} is outside [0, 1): give a fraction such as 0.5")
+    if act_allocation is not None:
+        check_choice("--act-allocation", act_allocation, ACT_ALLOCATIONS)
+    if act_mode is not None:
+        check_choice("--act-mode", act_mode, ACT_MODES)
+    if act_allocation == "greedy" and calibration.stats is not None:
+        raise UsageError("--act-allocation greedy runs each decoder layer on calibration windows, which --stats "
+                         "does not hold: drop --stats (and give --data), or use --act-allocation uniform")
+
     recipe = Recipe(method=method, sparsity=sparsity, nm=nm, per_row=per_row, blocksize=blocksize,
                     percdamp=percdamp, layerwise=layerwise,
                     owl_m=defaults.owl_m if owl_m is None else owl_m,
                     owl_lambda=defaults.owl_lambda if owl_lambda is None else owl_lambda,
                     dlp_alpha=defaults.dlp_alpha if dlp_alpha is None else dlp_alpha,
                     refine=refine, dsnot_cycles=defaults.dsnot_cycles if dsnot_cycles is None else dsnot_cycles,
-                    dsnot_skip=dsnot_skip, targets=targets, ignore=ignore, calibration=calibration)
+                    dsnot_skip=dsnot_skip, targets=targets, ignore=ignore, activation=activation,
+                    act_sparsity=defaults.act_sparsity if act_sparsity is None else act_sparsity,
+                    act_allocation=act_allocation or defaults.act_allocation, act_mode=act_mode or defaults.act_mode,
+                    calibration=calibration)
     if calibration.stats is not None and not recipe.needs_statistics:
         raise UsageError(f"--method {method} uses no calibration statistics, so --stats would be ignored: drop it")
     return recipe

@@ -1,0 +1,114 @@
+"""Activation-sparse product for small M (decode): ``y = mask(x) @ W.T (+ bias)``, skipping the
+weight rows of ``W.T`` (the columns of W) whose input is zeroed for every row of x.
+
+Layout: the weight is passed transposed and contiguous, ``wt = W.T`` of shape [K, N], so that
+the N weights of one input channel are contiguous (TEAL's layout): a masked-out channel is a
+masked-out row of the tile, which is not read from memory.
+
+Mask, computed in registers with the runtime's rule (`sparsekit.runtime.act_sparse`):
+``keep[m, k] = float32(|x[m, k]|) * scale[k] > threshold[k]`` (scale 1 without one; threshold
+scalar or per channel). For M > 1 a channel's weight row is read when any row keeps it (the
+union of the masks), and each row uses its own mask in the product.
+
+Grid: (N tiles, K splits). Each program accumulates its K slice in fp32 and writes a partial
+[M, BN] to a scratch buffer; the partials are summed over K splits in a fixed order afterwards
+(deterministic; no atomics, so fp16 and bf16 need nothing special), then the bias is added and
+the result is cast to x's dtype. TEAL's kernel instead adds fp16 partials atomically (fp16 only,
+batch 1, non-deterministic order).
+
+No speed is claimed here: it is checked for correctness against `act_sparse_mm_reference`
+(also under ``TRITON_INTERPRET=1`` on CPU tensors; the interpreter's bf16 arithmetic is not
+trusted, so CPU tests use fp32/fp16 inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["MAX_M", "act_sparse_mm", "act_sparse_mm_reference"]
+
+MAX_M = 16
+
+
+@triton.jit
+def _act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
+                       PER_CHANNEL: tl.constexpr, HAS_SCALE: tl.constexpr,
+                       BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BM)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    in_m = offs_m < M
+    in_k = offs_k < K
+    in_n = offs_n < N
+    x = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=in_m[:, None] & in_k[None, :],
+                other=0.0).to(tl.float32)
+    imp = tl.abs(x)
+    if HAS_SCALE:
+        sc = tl.load(S + offs_k, mask=in_k, other=0.0)
+        imp = imp * sc[None, :]
+    if PER_CHANNEL:
+        thr = tl.load(T + offs_k, mask=in_k, other=float("inf"))
+        keep = imp > thr[None, :]
+    else:
+        thr0 = tl.load(T)
+        keep = imp > thr0
+    keep = keep & in_m[:, None] & in_k[None, :]
+    xm = tl.where(keep, x, 0.0)
+    row_active = tl.max(keep.to(tl.int32), axis=0) > 0                       # [BK]
+    w = tl.load(WT + offs_k[:, None] * stride_wk + offs_n[None, :],
+                mask=row_active[:, None] & in_n[None, :], other=0.0).to(tl.float32)   # [BK, BN]
+    acc = tl.sum(xm[:, :, None] * w[None, :, :], axis=1)                      # [BM, BN]
+    base = P + pid_k * M * N
+    tl.store(base + offs_m[:, None] * N + offs_n[None, :], acc, mask=in_m[:, None] & in_n[None, :])
+
+
+def act_sparse_mm_reference(x: torch.Tensor, wt: torch.Tensor, threshold, scale: torch.Tensor | None = None,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain torch: mask x with the runtime rule, multiply by ``wt`` ([K, N]) in fp32, add bias,
+    cast to x's dtype."""
+    from sparsekit.runtime.act_sparse import act_sparse_reference
+
+    masked = act_sparse_reference(x, threshold, scale).to(torch.float32)
+    y = masked @ wt.to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def act_sparse_mm(x: torch.Tensor, wt: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None, *, bk: int = 64, bn: int = 128, num_warps: int = 4) -> torch.Tensor:
+    """``y[..., N]`` for ``x[..., K]`` with at most `MAX_M` rows; ``wt`` the transposed weight
+    [K, N] (contiguous rows); ``threshold`` float32 scalar or [K]; ``scale`` float32 [K] or None."""
+    k, n = wt.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight expects {k}")
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"act_sparse_mm handles 1..{MAX_M} rows, got {m}: use the dense path")
+    if wt.stride(1) != 1:
+        raise ValueError("wt must have contiguous rows (pass W.T.contiguous())")
+    x2 = x2.contiguous()
+    thr = torch.as_tensor(threshold, dtype=torch.float32, device=x.device).contiguous()
+    per_channel = thr.dim() == 1
+    if per_channel and thr.numel() != k:
+        raise ValueError(f"threshold must be a scalar or [{k}]")
+    sc = None if scale is None else scale.to(device=x.device, dtype=torch.float32).contiguous()
+    splits = triton.cdiv(k, bk)
+    partial = torch.empty(splits, m, n, device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(n, bn), splits)
+    _act_sparse_kernel[grid](x2, wt, thr, sc if sc is not None else thr, partial, m, n, k,
+                             x2.stride(0), wt.stride(0), PER_CHANNEL=per_channel, HAS_SCALE=sc is not None,
+                             BM=max(_pow2(m), 1), BK=bk, BN=bn, num_warps=num_warps)
+    y = partial.sum(0)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -1,0 +1,360 @@
+"""Dynamic activation sparsity at run time: a wrapper that zeroes low-importance activations per
+token, and an installer that swaps it in by module name (the model class never knows).
+
+Rule (one token = one row of the last dimension)::
+
+    importance_i = |x_i| * scale_i          (scale_i = 1 without a scale; float32 arithmetic)
+    keep_i       = importance_i > threshold_i      (strict; threshold scalar or per channel)
+    x_i          <- x_i if keep_i else 0
+
+* TEAL: scalar threshold, no scale. WINA: scalar tau, scale = the column norms of the wrapped
+  linear. CHESS: per-channel thresholds on the FFN activation output, or a scalar on q/o inputs.
+* ``where="input"`` masks the wrapped module's input (a linear: nn.Linear, a 2:4 linear, any
+  module with ``forward(x)``); ``where="output"`` masks its output (CHESS on the gate activation
+  module ``act_fn``, whose zeros become zero inputs of down_proj).
+
+Modes:
+
+* ``"all"``: every token is sparsified (prefill and decode), what perplexity evals measure.
+* ``"decode"``: only decode steps are: a call is sparsified iff the decoder layer it runs in was
+  called with one position per sequence (``hidden_states.shape[-2] == 1``; batched decode with
+  B sequences of one new token each is sparsified, each token with its own mask). Prefill,
+  chunked prefill and speculative verification (several positions per sequence) stay dense.
+  The installer records the positions with a forward pre-hook on each decoder layer; a wrapper
+  used outside an installed model falls back to the input's shape (dim -2 for 3-D or more;
+  the row count for 2-D inputs; 1-D is one token).
+
+Counters (non-persistent int64 buffers, no host sync): ``zeroed`` inputs and ``entries`` seen in
+sparsified calls, and tokens in sparsified / dense calls; `activation_sparsity_report`
+aggregates them per layer type. Thresholds and scales are non-persistent buffers too, and the
+wrapper's state_dict uses the wrapped module's own names (``q_proj.weight``, not
+``q_proj.inner.weight``), so ``save_pretrained`` of a model with sparsity installed still writes
+a plain dense checkpoint; thresholds live in their own file (`sparsekit.activation.store`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from sparsekit.errors import UsageError
+
+__all__ = [
+    "MODES",
+    "ActSparse",
+    "act_sparse_reference",
+    "activation_modules",
+    "activation_sparsity_report",
+    "install_activation_sparsity",
+    "masked_linear_reference",
+    "remove_activation_sparsity",
+    "reset_activation_counters",
+    "set_activation_mode",
+]
+
+MODES = ("all", "decode")
+WHERE = ("input", "output")
+_HOOKS_ATTR = "_sparsekit_activation_hooks"
+
+
+class _Phase:
+    """Positions per sequence of the decoder-layer call running now (None: unknown)."""
+    __slots__ = ("positions",)
+
+    def __init__(self):
+        self.positions: int | None = None
+
+
+def _positions_from_shape(x: torch.Tensor) -> int:
+    if x.dim() >= 3:
+        return int(x.shape[-2])
+    if x.dim() == 2:
+        return int(x.shape[0])
+    return 1
+
+
+def _channels(inner: nn.Module, where: str) -> int | None:
+    attr = "in_features" if where == "input" else "out_features"
+    value = getattr(inner, attr, None)
+    return int(value) if isinstance(value, int) else None
+
+
+class ActSparse(nn.Module):
+    """Wrap ``inner`` and zero, per token, its input (or output) entries of low importance.
+
+    Args:
+        inner: the wrapped module (called as ``inner(x, *args, **kwargs)``).
+        threshold: scalar or [C] (float32 after conversion; ``inf`` drops a channel always).
+        scale: optional [C] non-negative importance weights (WINA column norms).
+        where: "input" or "output" (module docstring).
+        mode: "all" or "decode".
+        count: keep the zeroed-fraction counters (one reduction per call).
+    """
+
+    def __init__(self, inner: nn.Module, threshold, scale: torch.Tensor | None = None, *,
+                 where: str = "input", mode: str = "all", count: bool = True):
+        super().__init__()
+        if where not in WHERE:
+            raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+        if mode not in MODES:
+            raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+        self.inner = inner
+        self.where, self.mode, self.count, self.enabled = where, mode, bool(count), True
+        self._phase: _Phase | None = None
+        p = next(inner.parameters(), None)
+        if p is None:
+            p = next(inner.buffers(), None)
+        dev = p.device if p is not None else torch.device("cpu")
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float32, device=dev), persistent=False)
+        self.register_buffer("scale", None, persistent=False)
+        for name in ("zeroed", "entries", "tokens_sparse", "tokens_dense"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.int64, device=dev), persistent=False)
+        self.set_threshold(threshold, scale)
+        self.register_state_dict_post_hook(_flatten_state_dict)
+        self.register_load_state_dict_pre_hook(_nest_state_dict)
+
+    # ------------------------------------------------------------ settings
+    @property
+    def channels(self) -> int | None:
+        return _channels(self.inner, self.where)
+
+    def set_threshold(self, threshold, scale: torch.Tensor | None = None) -> None:
+        """Replace the threshold (scalar or [C]) and the scale ([C] or None)."""
+        dev = self.threshold.device
+        t = torch.as_tensor(threshold, dtype=torch.float32).detach().to(dev).clone()
+        c = self.channels
+        if t.dim() > 1 or (t.dim() == 1 and c is not None and t.numel() != c):
+            raise ValueError(f"threshold must be a scalar or [{c}], got shape {tuple(t.shape)}")
+        if bool(torch.isnan(t).any()) or bool((t < 0).any()):
+            raise ValueError("threshold must be non-negative and not NaN")
+        s = None
+        if scale is not None:
+            s = torch.as_tensor(scale, dtype=torch.float32).detach().to(dev).reshape(-1).clone()
+            if c is not None and s.numel() != c:
+                raise ValueError(f"scale must have {c} entries, got {s.numel()}")
+        self.threshold = t
+        self.scale = s
+
+    def reset_counters(self) -> None:
+        for name in ("zeroed", "entries", "tokens_sparse", "tokens_dense"):
+            getattr(self, name).zero_()
+
+    @property
+    def zeroed_fraction(self) -> float | None:
+        """Fraction of entries zeroed over the sparsified calls since the last reset (a sync)."""
+        n = int(self.entries)
+        return int(self.zeroed) / n if n else None
+
+    # -------------------------------------------------------------- compute
+    def _sparsify_this_call(self, x: torch.Tensor) -> bool:
+        if not self.enabled:
+            return False
+        if self.mode == "all":
+            return True
+        phase = self._phase
+        positions = phase.positions if phase is not None and phase.positions is not None \
+            else _positions_from_shape(x)
+        return positions == 1
+
+    def apply_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The rule of the module docstring on ``x: [..., C]`` (respecting mode and enabled)."""
+        if not self._sparsify_this_call(x):
+            if self.count and self.enabled and x.dim() > 0:
+                self.tokens_dense += x.numel() // max(x.shape[-1], 1)
+            return x
+        importance = x.detach().abs()
+        if importance.dtype != torch.float32:
+            importance = importance.float()
+        if self.scale is not None:
+            importance = importance * self.scale
+        keep = importance > self.threshold
+        if self.count:
+            self.zeroed += keep.numel() - keep.count_nonzero()
+            self.entries += keep.numel()
+            self.tokens_sparse += keep.numel() // max(keep.shape[-1], 1)
+        return x.masked_fill(~keep, 0)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.where == "input":
+            return self.inner(self.apply_mask(x), *args, **kwargs)
+        return self.apply_mask(self.inner(x, *args, **kwargs))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("inner")
+            if inner is None or name.startswith("_"):
+                raise
+            return getattr(inner, name)  # weight, bias, in_features, ... of the wrapped module
+
+    def extra_repr(self) -> str:
+        kind = "scalar" if self.threshold.dim() == 0 else f"per-channel[{self.threshold.numel()}]"
+        return (f"where={self.where}, mode={self.mode}, threshold={kind}, "
+                f"scale={'yes' if self.scale is not None else 'no'}")
+
+
+def _flatten_state_dict(module: ActSparse, state_dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: ``<prefix>inner.<k>`` -> ``<prefix><k>`` in place, order kept."""
+    nested = prefix + "inner."
+    if not any(k.startswith(nested) for k in state_dict):
+        return
+    items = list(state_dict.items())
+    state_dict.clear()
+    for k, v in items:
+        state_dict[prefix + k[len(nested):] if k.startswith(nested) else k] = v
+
+
+def _nest_state_dict(module: ActSparse, state_dict, prefix: str, local_metadata, strict,
+                     missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: accept the wrapped module's own names (``<prefix><k>``)."""
+    nested = prefix + "inner."
+    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(nested)]:
+        state_dict[nested + k[len(prefix):]] = state_dict.pop(k)
+
+
+# ---------------------------------------------------------------- references
+def act_sparse_reference(x: torch.Tensor, threshold, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-torch definition of the mask, token by token: keep x[t, i] iff
+    ``float32(|x[t, i]|) * float32(scale[i]) > float32(threshold[i])`` (scale 1 when None)."""
+    flat = x.reshape(-1, x.shape[-1])
+    thr = torch.as_tensor(threshold, dtype=torch.float32).expand(x.shape[-1])
+    sc = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    rows = []
+    for token in flat:
+        imp = token.to(torch.float32).abs()
+        if sc is not None:
+            imp = imp * sc.to(imp.device)
+        rows.append(torch.where(imp > thr.to(imp.device), token, torch.zeros_like(token)))
+    return torch.stack(rows).reshape(x.shape) if rows else x.clone()
+
+
+def masked_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            threshold, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` of the masked input (`act_sparse_reference`)."""
+    return torch.nn.functional.linear(act_sparse_reference(x, threshold, scale), weight, bias)
+
+
+# ----------------------------------------------------------------- installer
+def activation_modules(model: nn.Module) -> dict[str, ActSparse]:
+    """Installed wrappers by the full name of the module they replaced."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ActSparse)}
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _phase_hooks(model: nn.Module, phase: _Phase) -> None:
+    from sparsekit.models import decoder_layers
+
+    for handle in getattr(model, _HOOKS_ATTR, []):
+        handle.remove()
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        phase.positions = _positions_from_shape(hidden) if isinstance(hidden, torch.Tensor) else None
+
+    _, layers = decoder_layers(model)
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    object.__setattr__(model, _HOOKS_ATTR, handles)
+
+
+def install_activation_sparsity(model: nn.Module, spec: dict, tensors: dict[str, torch.Tensor], *,
+                                mode: str | None = None, count: bool = True) -> dict[str, ActSparse]:
+    """Swap an `ActSparse` in for every site of ``spec["sites"]`` (the ``activation`` section of
+    sparsekit.json): ``{module name: {"where": "input" | "output", ...}}``, with thresholds
+    ``tensors["<name>.threshold"]`` and optional scales ``tensors["<name>.scale"]``.
+
+    ``mode`` overrides ``spec["mode"]`` (default "all"). A site that is already wrapped gets its
+    thresholds replaced. Returns the wrappers by name.
+    """
+    sites = spec.get("sites")
+    if not isinstance(sites, dict) or not sites:
+        raise UsageError("the activation section has no sites: re-run `sparsekit prune --activation ...`")
+    mode = mode or spec.get("mode") or "all"
+    if mode not in MODES:
+        raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+    phase = _Phase()
+    out: dict[str, ActSparse] = {}
+    for name, info in sites.items():
+        where = (info or {}).get("where", "input")
+        key = f"{name}.threshold"
+        if key not in tensors:
+            raise UsageError(f"activation thresholds lack tensor {key!r}: the thresholds file does not "
+                             "match sparsekit.json; re-run `sparsekit prune --activation ...`")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise UsageError(f"activation site {name!r} is not a module of {type(model).__name__}: "
+                             "the thresholds were made for another model") from None
+        scale = tensors.get(f"{name}.scale")
+        if isinstance(module, ActSparse):
+            module.set_threshold(tensors[key], scale)
+            module.mode, module.count = mode, count
+            wrapper = module
+        else:
+            try:
+                wrapper = ActSparse(module, tensors[key], scale, where=where, mode=mode, count=count)
+            except ValueError as exc:
+                raise UsageError(f"activation site {name!r}: {exc}; the thresholds were made for "
+                                 "another model") from None
+            _set_submodule(model, name, wrapper)
+        wrapper._phase = phase
+        out[name] = wrapper
+    _phase_hooks(model, phase)
+    return out
+
+
+def remove_activation_sparsity(model: nn.Module) -> int:
+    """Put the wrapped modules back; returns how many wrappers were removed."""
+    found = activation_modules(model)
+    for name, wrapper in sorted(found.items(), key=lambda kv: -kv[0].count(".")):
+        _set_submodule(model, name, wrapper.inner)
+    for handle in getattr(model, _HOOKS_ATTR, []):
+        handle.remove()
+    if hasattr(model, _HOOKS_ATTR):
+        object.__delattr__(model, _HOOKS_ATTR)
+    return len(found)
+
+
+def set_activation_mode(model: nn.Module, mode: str | None = None, enabled: bool | None = None) -> None:
+    """Change the mode and/or switch every installed wrapper on or off."""
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+    for m in activation_modules(model).values():
+        if mode is not None:
+            m.mode = mode
+        if enabled is not None:
+            m.enabled = bool(enabled)
+
+
+def reset_activation_counters(model: nn.Module) -> None:
+    for m in activation_modules(model).values():
+        m.reset_counters()
+
+
+def _layer_type(name: str) -> str:
+    return re.sub(r"^.*?\.\d+\.", "", name)
+
+
+def activation_sparsity_report(model: nn.Module) -> dict[str, dict]:
+    """Measured sparsity per layer type (e.g. ``self_attn.q_proj``, ``mlp.act_fn``), over all layers:
+    ``{type: {"zeroed": fraction of entries zeroed in sparsified calls (None if none),
+    "sparsified_tokens": fraction of tokens that went through a sparsified call, "layers": n}}``."""
+    acc: dict[str, list[int]] = OrderedDict()
+    for name, m in activation_modules(model).items():
+        a = acc.setdefault(_layer_type(name), [0, 0, 0, 0, 0])
+        a[0] += int(m.zeroed)
+        a[1] += int(m.entries)
+        a[2] += int(m.tokens_sparse)
+        a[3] += int(m.tokens_dense)
+        a[4] += 1
+    return {kind: {"zeroed": z / e if e else None,
+                   "sparsified_tokens": ts / (ts + td) if ts + td else None,
+                   "layers": n}
+            for kind, (z, e, ts, td, n) in acc.items()}
