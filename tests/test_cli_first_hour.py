@@ -147,3 +147,15 @@ def test_summary_time_covers_the_whole_run(tiny_model_dir, cli, tmp_path):
     assert seconds["total"] <= wall and seconds["total"] >= 0.5 * wall
     parts = seconds["load"] + seconds["pruning"] + seconds["save"]
     assert parts <= seconds["total"] + 1e-3
+
+
+def test_statistics_calibrated_with_another_bos_setting_are_refused(tiny_model_dir, cli, tmp_path):
+    model = tiny_model_dir("llama")  # llama: --bos auto means never
+    stats = tmp_path / "s.safetensors"
+    calib = ["--data", data_file("valid"), "--nsamples", 2, "--seqlen", 16]
+    code, stdout, _ = cli("calibrate", model, "-o", stats, *calib, "--json")
+    assert code == 0 and json.loads(stdout)["bos"] == "never"
+    code, _, stderr = cli("prune", model, "-o", tmp_path / "out", "--stats", stats, "--bos", "always")
+    one_line(code, stderr, "was calibrated with --bos never but this run uses --bos always")
+    code, stdout, _ = cli("prune", model, "-o", tmp_path / "out", "--stats", stats, "--json")
+    assert code == 0 and json.loads(stdout)["recipe"]["calibration"]["bos"] == "never"

@@ -226,3 +226,30 @@ def test_old_and_foreign_files_are_refused(tmp_path):
     save_file({"x": torch.ones(2)}, str(foreign))
     with pytest.raises(UsageError, match="not a sparsekit statistics file"):
         load_stats(foreign, {}, ["x"])
+
+
+def test_reading_never_maps_the_whole_file(tmp_path, monkeypatch):
+    """A Llama-3-8B statistics file with Hessians is about 33 GB: mapping it whole to read one
+    layer failed ("unable to mmap ... Cannot allocate memory") on a 24 GB machine. Reading uses
+    seeks and reads only."""
+    import safetensors
+
+    model = tiny_model("llama")
+    path = tmp_path / "s.safetensors"
+    targets, fp, ref = _calibrate(model, path)
+
+    def no_mmap(*a, **k):
+        raise RuntimeError("unable to mmap: Cannot allocate memory")
+
+    monkeypatch.setattr(safetensors, "safe_open", no_mmap)
+    got, _ = load_stats(path, fp, list(targets), need_hessian=True)
+    assert torch.equal(got[O].hessian, ref[O].hessian)
+
+
+def test_truncated_statistics_file_is_one_line(tmp_path):
+    model = tiny_model("llama")
+    path = tmp_path / "s.safetensors"
+    targets, fp, _ = _calibrate(model, path)
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(UsageError, match="damaged statistics file .*truncated.*recalibrate"):
+        load_stats(path, fp, list(targets))

@@ -604,8 +604,9 @@ def prune_cmd(
     act_s = f", activation thresholds {act.seconds:.1f} s" if act is not None else ""
     out.print(f"Achieved weight sparsity {report.overall:.2%} over {len(found)} linear layers, saved as "
               f"{meta['saved_dtype']} to {output}. Time {seconds['total']:.1f} s: load {load_s:.1f} s, "
-              f"calibration forwards {run.times.capture + run.times.forward:.1f} s, pruning math "
-              f"{run.times.process:.1f} s{refine}{act_s}, save {seconds['save']:.1f} s")
+              f"calibration data {max(seconds['prepare'], 0):.1f} s, calibration forwards "
+              f"{run.times.capture + run.times.forward:.1f} s, pruning math {run.times.process:.1f} s{refine}{act_s}, "
+              f"save {seconds['save']:.1f} s")
 
 
 def _activation_stage(model, recipe, ids, calib: dict, device, on_layer):

@@ -27,7 +27,7 @@ from torch import nn
 from sparsekit.activation.allocation import Allocation, allocate_block
 from sparsekit.activation.collect import SketchCollector
 from sparsekit.activation.plan import ROLES, Plan, Site
-from sparsekit.activation.recipe import SiteThresholds, site_thresholds
+from sparsekit.activation.recipe import SiteThresholds, site_result, site_thresholds
 
 __all__ = ["STAGES", "calibrate_sites", "greedy_block_sparsities", "install_sites"]
 
@@ -75,16 +75,11 @@ def calibrate_sites(model: nn.Module, plan: Plan, run: Callable[[], object], spa
         sub = Plan(plan.method, stage, plan.points, [])
         cal = site_thresholds(model, sub, col.sketches, norms=norms)
         for site in stage:
-            s = sparsity[site.name] if isinstance(sparsity, dict) else sparsity
-            t, scale, res = cal[site.name](s)
-            wrappers[site.name].set_threshold(t, scale)
+            site_tensors, entries[site.name] = site_result(site, cal[site.name], sparsity)
+            wrappers[site.name].set_threshold(site_tensors[f"{site.name}.threshold"],
+                                              site_tensors.get(f"{site.name}.scale"))
             wrappers[site.name].enabled = True
-            tensors[f"{site.name}.threshold"] = t
-            if scale is not None:
-                tensors[f"{site.name}.scale"] = scale
-            entries[site.name] = {"where": site.where, "role": site.role, "sparsity": round(float(s), 6),
-                                  "calibrated": round(res.predicted, 6),
-                                  "bounds": [round(res.lower, 6), round(res.upper, 6)]}
+            tensors.update(site_tensors)
     return tensors, entries
 
 

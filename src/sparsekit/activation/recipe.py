@@ -98,15 +98,21 @@ def compute_thresholds(model: nn.Module, plan: Plan, sketches: dict[str, Activat
     tensors: dict[str, torch.Tensor] = {}
     sites: dict[str, dict] = {}
     for site in plan.sites:
-        s = sparsity[site.name] if isinstance(sparsity, dict) else sparsity
-        t, scale, res = cal[site.name](s)
-        tensors[f"{site.name}.threshold"] = t
-        if scale is not None:
-            tensors[f"{site.name}.scale"] = scale
-        sites[site.name] = {"where": site.where, "role": site.role, "sparsity": round(float(s), 6),
-                            "calibrated": round(res.predicted, 6),
-                            "bounds": [round(res.lower, 6), round(res.upper, 6)]}
+        site_tensors, sites[site.name] = site_result(site, cal[site.name], sparsity)
+        tensors.update(site_tensors)
     return tensors, sites
+
+
+def site_result(site: Site, calibration: SiteThresholds, sparsity: float | dict[str, float]
+                ) -> tuple[dict[str, torch.Tensor], dict]:
+    """One site's tensors (``<name>.threshold`` and, with importance weights, ``<name>.scale``) and
+    its recipe entry, at `sparsity` (one target, or per site)."""
+    s = sparsity[site.name] if isinstance(sparsity, dict) else sparsity
+    t, scale, res = calibration(s)
+    tensors = {f"{site.name}.threshold": t, **({f"{site.name}.scale": scale} if scale is not None else {})}
+    entry = {"where": site.where, "role": site.role, "sparsity": round(float(s), 6),
+             "calibrated": round(res.predicted, 6), "bounds": [round(res.lower, 6), round(res.upper, 6)]}
+    return tensors, entry
 
 
 def activation_section(plan: Plan, sites: dict[str, dict], *, target: float, allocation: str = "uniform",

@@ -308,17 +308,33 @@ def save_stats(path: str | Path, stats: dict[str, InputStats], fp: dict, setting
 
 
 # ---------------------------------------------------------------------------------- reading
+def _layout(path: str | Path) -> tuple[dict, int]:
+    """(safetensors header, byte offset of the data), read with plain file reads and checked
+    against the file's size: a statistics file of a large model (tens of GB with Hessians) must
+    not be memory-mapped whole just to read one layer (that fails where address space or
+    overcommit is limited), and a truncated file is named as such."""
+    from sparsekit.export.files import DamagedFile
+    from sparsekit.export.files import read_header as safetensors_header
+
+    try:
+        header = safetensors_header(path)
+    except DamagedFile as exc:
+        raise UsageError(f"--stats {path}: damaged statistics file ({exc}): recalibrate with "
+                         "`sparsekit calibrate`") from None
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+    return header, 8 + size
+
+
 def read_header(path: str | Path) -> dict:
     """The sparsekit metadata of a statistics file (format and version checked)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--stats {path}: no such file: make one with `sparsekit calibrate MODEL -o {path.name}`")
+    header, _ = _layout(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("sparsekit", "{}"))
-    except Exception:
+        meta = json.loads((header.get("__metadata__") or {}).get("sparsekit", "{}"))
+    except ValueError:
         meta = {}
     if meta.get("format") != FORMAT:
         raise UsageError(f"--stats {path}: not a sparsekit statistics file: make one with `sparsekit calibrate`")
@@ -329,12 +345,29 @@ def read_header(path: str | Path) -> dict:
     return meta
 
 
-def _read_tensors(path: str, keys: list[str]) -> dict[str, torch.Tensor]:
-    """Read just `keys` from a safetensors file."""
-    from safetensors import safe_open
+def _tensor_names(path: str | Path) -> list[str]:
+    header, _ = _layout(path)
+    return [k for k in header if k != "__metadata__"]
 
-    with safe_open(path, framework="pt") as f:
-        return {k: f.get_tensor(k) for k in keys}
+
+_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPES.items()}
+
+
+def _read_tensors(path: str, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Read just `keys` from a safetensors file: a seek and a read each, nothing mapped."""
+    header, start = _layout(path)
+    out = {}
+    with open(path, "rb") as f:
+        for key in keys:
+            info = header[key]
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            buf = bytearray(f.read(end - begin))
+            if len(buf) != end - begin:
+                raise UsageError(f"--stats {path}: truncated at {key}: recalibrate with `sparsekit calibrate`")
+            dtype = _TORCH_DTYPES[info["dtype"]]
+            out[key] = (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)).reshape(info["shape"])
+    return out
 
 
 class SavedStats(Mapping):
@@ -379,16 +412,13 @@ def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool 
                device=None) -> tuple[SavedStats, dict]:
     """Statistics for `names` (a lazy `SavedStats`), checked against the model's fingerprint
     (`check_fingerprint`). Returns (stats, settings); compare settings with `check_settings`."""
-    from safetensors import safe_open
-
     path = Path(path)
     label = f"--stats {path}"
     meta = read_header(path)
     theirs = meta["fingerprint"]
     check_fingerprint(theirs, fp, [], label)  # the model as a whole first
     aliases = meta.get("aliases", {})
-    with safe_open(str(path), framework="pt") as f:
-        keys = [k for k in f.keys() if SKETCH_TAG not in k]
+    keys = [k for k in _tensor_names(path) if SKETCH_TAG not in k]
     by_owner: dict[str, list[str]] = {}
     for k in keys:
         by_owner.setdefault(k.rsplit("/", 1)[0], []).append(k)
@@ -415,12 +445,9 @@ def load_sketches(path: str | Path, keys) -> dict:
     if not settings.get("activations"):
         raise UsageError(f"--stats {path} has no activation statistics: recalibrate with "
                          "`sparsekit calibrate --activations`, or drop --stats")
-    from safetensors import safe_open
-
     wanted = set(keys)
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if SKETCH_TAG in k and k.split(SKETCH_TAG)[0] in wanted]
-        tensors = {k: f.get_tensor(k) for k in names}
+    names = [k for k in _tensor_names(path) if SKETCH_TAG in k and k.split(SKETCH_TAG)[0] in wanted]
+    tensors = _read_tensors(str(path), names)
     found = {k.split(SKETCH_TAG)[0] for k in names}
     missing = sorted(wanted - found)
     if missing:
