@@ -743,7 +743,7 @@ def bench_cmd(
                                  f"{', '.join(RANDOM_MODELS)}, or a path to a config.json") from None
         tok = None
     else:
-        loaded, _ = _load(model, dtype, dev, False, json_out)
+        loaded, _ = _load(model, dtype, dev, False, json_out, activation="off")  # the 2:4 weights alone
         m, tok = loaded.model, loaded.tokenizer
     from sparsekit.report import bench_table
 

@@ -225,7 +225,9 @@ class InputStats:
 
     @classmethod
     def from_state_dict(cls, d: dict[str, torch.Tensor], device=None) -> "InputStats":
-        """Rebuild from `state_dict()` output; unknown keys are ignored."""
+        """Rebuild from `state_dict()` output; unknown keys are ignored. A Hessian that is
+        already fp32 on the target device is adopted, not copied (a Llama-3-8B down_proj
+        Hessian is 0.8 GB): the caller hands it over."""
         missing = [k for k in ("nsamples", "ntokens", "sq_norm", "mean", "m2") if k not in d]
         if missing:
             raise ValueError(f"InputStats state is missing keys: {', '.join(missing)}")
@@ -241,7 +243,7 @@ class InputStats:
                 raise ValueError(f"InputStats state: '{k}' has {d[k].numel()} entries, sq_norm has {dim}")
         if h is not None and tuple(h.shape) != (dim, dim):
             raise ValueError(f"InputStats state: hessian shape {tuple(h.shape)} != ({dim}, {dim})")
-        s = cls(dim, hessian=h is not None, device=dev)
+        s = cls(dim, hessian=False, device=dev)
         s._pinned = device is not None
         s.nsamples = int(d["nsamples"].reshape(-1)[0])
         s.ntokens = int(d["ntokens"].reshape(-1)[0])
@@ -249,7 +251,7 @@ class InputStats:
         s._mean.copy_(d["mean"].reshape(-1))
         s._m2.copy_(d["m2"].reshape(-1))
         if h is not None:
-            s._hessian.copy_(h)
+            s._hessian = h.to(device=s.device, dtype=torch.float32).contiguous()
         return s
 
     def __repr__(self) -> str:

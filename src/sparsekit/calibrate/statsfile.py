@@ -362,11 +362,10 @@ def _read_tensors(path: str, keys: list[str]) -> dict[str, torch.Tensor]:
             info = header[key]
             begin, end = info["data_offsets"]
             f.seek(start + begin)
-            buf = bytearray(f.read(end - begin))
-            if len(buf) != end - begin:
+            buf = torch.empty(end - begin, dtype=torch.uint8)  # read straight into the tensor
+            if f.readinto(buf.numpy()) != end - begin:
                 raise UsageError(f"--stats {path}: truncated at {key}: recalibrate with `sparsekit calibrate`")
-            dtype = _TORCH_DTYPES[info["dtype"]]
-            out[key] = (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)).reshape(info["shape"])
+            out[key] = buf.view(_TORCH_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
 
 
