@@ -324,13 +324,6 @@ def _check_finite_weights(targets) -> None:
         check_finite(name, "weights", lin.weight)
 
 
-def _sketch_collector(model, device):
-    """Activation sketches of every point any activation method reads, handed out per layer."""
-    from sparsekit.activation.collect import LayerSketches
-
-    return LayerSketches(model, device=device)
-
-
 def _calibration_settings(cal, seqlen: int, bos_id: int | None) -> dict:
     return {"data": cal.data, "nsamples": cal.nsamples, "seqlen": seqlen, "seed": cal.seed,
             "sampling": cal.sampling, "bos": "always" if bos_id is not None else "never"}
@@ -390,7 +383,11 @@ def calibrate_cmd(
                 "targets": targets, "ignore": ignore, "versions": _versions()}
     writer = StatsWriter(output, fingerprint(loaded.model, found), settings)
     count = 0
-    sketches = _sketch_collector(loaded.model, run_on) if activations else None
+    sketches = None
+    if activations:  # sketches of every point any activation method reads, handed out per layer
+        from sparsekit.activation.collect import LayerSketches
+
+        sketches = LayerSketches(loaded.model, device=run_on)
 
     def keep(index, linears, stats):
         nonlocal count
