@@ -78,6 +78,14 @@ def test_weights_and_activations_in_one_run_export_and_load(tiny_model_dir, cli,
     assert not any(isinstance(m, ActSparse) for m in dense_model.modules())
     with torch.no_grad():
         assert not torch.equal(model(ids).logits, dense_model(ids).logits)
+    # inference keeps no counters (no extra reduction per call); measuring turns them on, same output
+    assert not any(m.count for m in wrappers.values())
+    assert all(m.zeroed_fraction is None for m in wrappers.values())
+    counted, _ = sparsekit.load(packed, count_activation=True)
+    with torch.no_grad():
+        assert torch.equal(counted(ids).logits, model(ids).logits)
+    fractions = [m.zeroed_fraction for m in counted.modules() if isinstance(m, ActSparse)]
+    assert len(fractions) == 14 and all(f is not None and 0 < f < 1 for f in fractions)
 
 
 def test_plain_transformers_loads_the_dense_model(tiny_model_dir, cli, tmp_path):
