@@ -81,7 +81,10 @@ def test_weights_and_activations_in_one_run_export_and_load(tiny_model_dir, cli,
     # inference keeps no counters (no extra reduction per call); measuring turns them on, same output
     assert not any(m.count for m in wrappers.values())
     assert all(m.zeroed_fraction is None for m in wrappers.values())
-    counted, _ = sparsekit.load(packed, count_activation=True)
+    from sparsekit.runtime.act_sparse import count_activation
+
+    counted, _ = sparsekit.load(packed)
+    count_activation(counted)
     with torch.no_grad():
         assert torch.equal(counted(ids).logits, model(ids).logits)
     fractions = [m.zeroed_fraction for m in counted.modules() if isinstance(m, ActSparse)]

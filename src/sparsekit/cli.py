@@ -105,7 +105,7 @@ def _check_model(model: str) -> None:
 
 
 def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: bool, tokenizer: bool = True,
-          offload: bool = False, for_pruning: bool = False, activation: str = "auto", count_activation: bool = False):
+          offload: bool = False, for_pruning: bool = False, activation: str = "auto"):
     from contextlib import nullcontext
 
     from sparsekit.loading import load_any
@@ -114,8 +114,7 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: b
     start = time.perf_counter()
     with nullcontext() if quiet else err.status(f"loading {model} (a .gguf is converted once, ~1 min) ..."):
         loaded = load_any(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                          tokenizer=tokenizer, offload=offload, for_pruning=for_pruning, activation=activation,
-                          count_activation=count_activation)
+                          tokenizer=tokenizer, offload=offload, for_pruning=for_pruning, activation=activation)
     return loaded, time.perf_counter() - start
 
 
@@ -233,8 +232,10 @@ def eval_cmd(
     _check_load_options(dtype, device, offload)
     _check_model(model)
     check_data_request(data, "test")
-    loaded, load_s = _load(model, dtype, device, trust_remote_code, json_out, offload=offload, activation=act_mode,
-                           count_activation=True)
+    loaded, load_s = _load(model, dtype, device, trust_remote_code, json_out, offload=offload, activation=act_mode)
+    from sparsekit.runtime.act_sparse import count_activation
+
+    count_activation(loaded.model)  # the measured shares beside the perplexity
     seqlen = _resolve_seqlen(loaded.model, seqlen)
     bos_id = _bos_id(loaded, bos)
     wins = windows(eval_tokens(loaded.tokenizer, data, seqlen), seqlen, max_windows)

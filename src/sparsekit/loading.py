@@ -12,13 +12,12 @@ from sparsekit.models import LoadedModel, load_model, resolve_device, resolve_dt
 
 def load_any(spec: str, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False,
              tokenizer: bool = True, offload: bool = False, for_pruning: bool = False,
-             activation: str | None = "auto", count_activation: bool = False) -> LoadedModel:
+             activation: str | None = "auto") -> LoadedModel:
     """`models.load_model`, or `sparsekit.load` for a sparse24/bitmask export directory.
 
     Activation-sparsity thresholds saved in a model directory are installed (`activation`:
     "auto" = the recorded mode, "all", "decode", or "off"), except when loading for pruning or
-    calibration, which work on the plain weights. ``count_activation`` keeps the counters of
-    zeroed inputs (`eval` reports them)."""
+    calibration, which work on the plain weights."""
     import json
 
     from sparsekit.export.loader import META_FILE, install_saved_activation, is_export, load
@@ -30,8 +29,7 @@ def load_any(spec: str, dtype: str = "auto", device: str = "cpu", trust_remote_c
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         model, tok = load(spec, device=dev, dtype=None if torch_dtype == "auto" else torch_dtype,
-                          trust_remote_code=trust_remote_code, activation=activation,
-                          count_activation=count_activation)
+                          trust_remote_code=trust_remote_code, activation=activation)
         return LoadedModel(model, tok if tokenizer else None, spec, spec, "export")
     loaded = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                         tokenizer=tokenizer, offload=offload, for_pruning=for_pruning)
@@ -42,5 +40,5 @@ def load_any(spec: str, dtype: str = "auto", device: str = "cpu", trust_remote_c
         except ValueError:
             raise UsageError(f"{meta}: not valid JSON: re-run the command that wrote it") from None
         if not for_pruning:
-            install_saved_activation(loaded.model, loaded.path, activation, count=count_activation)
+            install_saved_activation(loaded.model, loaded.path, activation)
     return loaded

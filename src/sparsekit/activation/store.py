@@ -143,10 +143,9 @@ def activation_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def apply_activation(model: nn.Module, directory: str | Path, *, mode: str | None = None,
-                     section: dict | None = None, count: bool = False) -> dict | None:
+                     section: dict | None = None) -> dict | None:
     """Install the thresholds saved in `directory` (if any) into `model`; returns the recipe or
-    None. `section` defaults to ``model.sparsekit_meta["activation"]`` when present; ``count``
-    keeps the zeroed-input counters of the wrappers (for measuring, not for inference)."""
+    None. `section` defaults to ``model.sparsekit_meta["activation"]`` when present."""
     from sparsekit.runtime.act_sparse import install_activation_sparsity
 
     if section is None:
@@ -155,7 +154,7 @@ def apply_activation(model: nn.Module, directory: str | Path, *, mode: str | Non
     if found is None:
         return None
     tensors, own = found
-    install_activation_sparsity(model, own, tensors, mode=mode, count=count)
+    install_activation_sparsity(model, own, tensors, mode=mode, count=False)  # inference: no counters
     return own
 
 

@@ -229,7 +229,7 @@ def _tokenizer(path: Path, trust_remote_code: bool):
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
-         trust_remote_code: bool = False, activation: str | None = "auto", count_activation: bool = False):
+         trust_remote_code: bool = False, activation: str | None = "auto"):
     """Load an exported (or plain pruned) model directory: returns ``(model, tokenizer)``.
 
     ``dtype`` None keeps the checkpoint's dtype. The model is in eval mode on ``device``
@@ -238,8 +238,6 @@ def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None 
     Activation-sparsity thresholds saved with the model (``sparsekit-activation.safetensors``)
     are installed as runtime modules (:mod:`sparsekit.runtime.act_sparse`): ``activation``
     "auto" uses the recorded mode, "all" or "decode" overrides it, "off" leaves the model dense.
-    ``count_activation`` keeps per-module counters of zeroed inputs (one extra reduction per
-    call; `sparsekit eval` turns it on to report the measured sparsity); off for inference.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -261,15 +259,14 @@ def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None 
     model.eval()
     model.to(device)
     model.sparsekit_meta = _json(path / META_FILE)
-    install_saved_activation(model, path, activation, count=count_activation)
+    install_saved_activation(model, path, activation)
     return model, _tokenizer(path, trust_remote_code)
 
 
-def install_saved_activation(model: nn.Module, path: str | Path, activation: str | None = "auto",
-                             count: bool = False) -> dict | None:
+def install_saved_activation(model: nn.Module, path: str | Path, activation: str | None = "auto") -> dict | None:
     """Install the activation thresholds saved in ``path`` (if any) into ``model``: ``activation``
-    "auto" (the recorded mode), "all", "decode" or "off"/None (nothing installed); ``count`` keeps
-    the zeroed-input counters. Returns the recipe installed, or None."""
+    "auto" (the recorded mode), "all", "decode" or "off"/None (nothing installed). Returns the
+    recipe installed, or None."""
     if activation in (None, "off"):
         return None
     if activation not in ("auto", "all", "decode"):
@@ -277,8 +274,7 @@ def install_saved_activation(model: nn.Module, path: str | Path, activation: str
     from sparsekit.activation.store import apply_activation
 
     section = (getattr(model, "sparsekit_meta", None) or {}).get("activation")
-    return apply_activation(model, path, mode=None if activation == "auto" else activation, section=section,
-                            count=count)
+    return apply_activation(model, path, mode=None if activation == "auto" else activation, section=section)
 
 
 def _nbytes(slice_) -> int:

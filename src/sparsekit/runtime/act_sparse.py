@@ -52,6 +52,7 @@ __all__ = [
     "masked_linear_reference",
     "remove_activation_sparsity",
     "reset_activation_counters",
+    "count_activation",
     "set_activation_mode",
 ]
 
@@ -271,7 +272,8 @@ def install_activation_sparsity(model: nn.Module, spec: dict, tensors: dict[str,
     ``tensors["<name>.threshold"]`` and optional scales ``tensors["<name>.scale"]``.
 
     ``mode`` overrides ``spec["mode"]`` (default "all"). A site that is already wrapped gets its
-    thresholds replaced. Returns the wrappers by name.
+    thresholds replaced. ``count`` keeps the zeroed-input counters (loading a saved model
+    turns them off for inference; `count_activation` switches them later). Returns the wrappers by name.
     """
     sites = spec.get("sites")
     if not isinstance(sites, dict) or not sites:
@@ -331,6 +333,13 @@ def set_activation_mode(model: nn.Module, mode: str | None = None, enabled: bool
             m.mode = mode
         if enabled is not None:
             m.enabled = bool(enabled)
+
+
+def count_activation(model: nn.Module, on: bool = True) -> None:
+    """Turn the zeroed-input counters of every installed wrapper on (for measuring; one extra
+    reduction per call) or off (the default after loading, for inference)."""
+    for m in activation_modules(model).values():
+        m.count = bool(on)
 
 
 def reset_activation_counters(model: nn.Module) -> None:
