@@ -48,11 +48,11 @@ __all__ = [
     "act_sparse_reference",
     "activation_modules",
     "activation_sparsity_report",
+    "count_activation",
     "install_activation_sparsity",
     "masked_linear_reference",
     "remove_activation_sparsity",
     "reset_activation_counters",
-    "count_activation",
     "set_activation_mode",
 ]
 
