@@ -30,10 +30,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from sparsekit.kernels import obs_triton
-from sparsekit.kernels.s24_gemv import _s24_gemv_kernel
-from sparsekit.kernels.s24_mma import _s24_mma_kernel
-from sparsekit.kernels.s24_tiles import _s24_reduce_kernel
-from sparsekit.kernels.sparse24_triton import _s24_decompress_kernel
+from sparsekit.kernels.s24_gemv import s24_gemv_kernel
+from sparsekit.kernels.s24_mma import s24_mma_kernel
+from sparsekit.kernels.s24_tiles import s24_reduce_kernel
+from sparsekit.kernels.sparse24_triton import s24_decompress_kernel
 
 S24_SIG = {"X": "*{t}", "V": "*{t}", "MT": "*i16", "OUT": "*{t}", "WS": "*{w}", "CNT": "*{c}",
            "B": "*{t}", "M": "i32", "N": "i32", "K": "i32", "G": "i32", "ITERS": "i32",
@@ -93,12 +93,12 @@ def s24_jobs(configs, panel_groups=(64,)):
                                for k, v in S24_SIG.items()}
                         const = dict(BM=bm, BN=cfg.bn, BG=cfg.bg, PG=pg, PREFETCH=cfg.prefetch,
                                      REDUCE=reduce, HAS_BIAS=False)
-                        kern = _s24_gemv_kernel
+                        kern = s24_gemv_kernel
                         if cfg.kernel == "gemv":  # 16-bit x goes in as int64 (one per group)
                             sig["X"] = "*i64"
                             const["X_PACKED"] = True
                         else:
-                            kern = _s24_mma_kernel
+                            kern = s24_mma_kernel
                             const.update(GROUP_M=8, UPCAST=False)
                         jobs.append((f"s24 {dtype} {cfg.short()} pg{pg} BM={bm} reduce={reduce}",
                                      kern, sig, const, cfg.num_warps, cfg.num_stages))
@@ -118,14 +118,14 @@ def main() -> None:
     configs = list(TUNE) if args.tune else list(DEFAULT_CONFIGS)
     jobs = s24_jobs(configs, PANEL_CHOICES)
     for dtype in ("bf16", "fp16"):  # the helper kernels of the launchers
-        jobs.append((f"s24 {dtype} decompress", _s24_decompress_kernel,
+        jobs.append((f"s24 {dtype} decompress", s24_decompress_kernel,
                      {"V": f"*{dtype}", "MT": "*i16", "W": f"*{dtype}", "N": "i32", "K": "i32",
                       "G": "i32", "stride_wn": "i32"}, dict(BN=16, BG=16, PG=16), 4, 1))
-        jobs.append((f"s24 {dtype} split-K reduce", _s24_reduce_kernel,
+        jobs.append((f"s24 {dtype} split-K reduce", s24_reduce_kernel,
                      {"WS": "*fp32", "OUT": f"*{dtype}", "B": f"*{dtype}", "M": "i32", "N": "i32",
                       "S": "i32", "stride_om": "i32"}, dict(HAS_BIAS=True, BLOCK=1024), 4, 1))
     for nm in ((0, 0), (2, 4), (4, 8)):
-        jobs.append((f"obs block N:M={nm[0]}:{nm[1]}", obs_triton._obs_block_kernel, OBS_SIG,
+        jobs.append((f"obs block N:M={nm[0]}:{nm[1]}", obs_triton.obs_block_kernel, OBS_SIG,
                      dict(NM_N=nm[0], NM_M=nm[1], BR=16, BC=128), 4, 2))
     jobs = [j for j in jobs if args.filter in j[0]]
     failures = 0

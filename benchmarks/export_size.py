@@ -19,9 +19,12 @@ from pathlib import Path
 
 import torch
 
-from sparsekit.export import describe, export_model, load
+from sparsekit.export.loader import describe
+from sparsekit.export.writer import export_model
+from sparsekit.loading import load
 from sparsekit.kernels.sparse24 import mask_24_magnitude
-from sparsekit.models import load_model, prunable_linears
+from sparsekit.loading import load_model
+from sparsekit.anatomy import prunable_linears
 
 
 def mib(n: int) -> str:

@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from sparsekit.bench import RANDOM_MODELS, random_model
+from sparsekit.workflows.bench import RANDOM_MODELS, random_model
 from sparsekit.calibrate.engine import activation_bytes
-from sparsekit.models import DTYPES, prunable_linears
+from sparsekit.dtypes import DTYPES
+from sparsekit.anatomy import prunable_linears
 from sparsekit.prune.pipeline import prune_model
 from sparsekit.prune.recipe import Calibration, make_recipe
 

@@ -69,7 +69,7 @@ class PeakRSS:
 def build(model: str, layers: int | None, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
-    from sparsekit.bench import random_config
+    from sparsekit.workflows.bench import random_config
 
     config = random_config(model)
     if layers is not None:
@@ -81,8 +81,8 @@ def build(model: str, layers: int | None, dtype: torch.dtype):
 def calibrate(model, path: Path, nsamples: int, seqlen: int, mode: str) -> dict:
     """`sparsekit calibrate --hessian` on random tokens: the engine feeds the writer."""
     from sparsekit.calibrate.engine import run_sequential
-    from sparsekit.calibrate.statsfile import StatsWriter, fingerprint
-    from sparsekit.models import prunable_linears
+    from sparsekit.files.statsfile import StatsWriter, fingerprint
+    from sparsekit.anatomy import prunable_linears
 
     targets = prunable_linears(model)
     fp = fingerprint(model, targets)
@@ -112,7 +112,7 @@ def calibrate(model, path: Path, nsamples: int, seqlen: int, mode: str) -> dict:
 
 def read_back(path: Path, fp: dict, names: list[str]) -> float:
     """`prune --stats`: one linear's statistics at a time, each Hessian used."""
-    from sparsekit.calibrate.statsfile import load_stats
+    from sparsekit.files.statsfile import load_stats
 
     stats, _ = load_stats(path, fp, names, need_hessian=True)
     total = 0.0
@@ -122,8 +122,8 @@ def read_back(path: Path, fp: dict, names: list[str]) -> float:
 
 
 def main() -> None:
-    from sparsekit.bench import RANDOM_MODELS
-    from sparsekit.models import DTYPES
+    from sparsekit.workflows.bench import RANDOM_MODELS
+    from sparsekit.dtypes import DTYPES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3-8b", help=f"{', '.join(RANDOM_MODELS)} or a config.json path")

@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     from sparsekit.data import calibration_windows
-    from sparsekit.models import load_model
-    from sparsekit.prune.save import write_model_dir
+    from sparsekit.loading import load_model
+    from sparsekit.files.modeldir import write_model_dir
 
     work = tempfile.mkdtemp(prefix="wanda-check-")
     ours = f"{work}/sparsekit"

@@ -9,12 +9,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from sparsekit.activation import (
-    block_output_error,
-    effective_sparsity,
-    greedy_allocation,
-    plan_activation,
-)
+from sparsekit.activation.allocation import block_output_error, effective_sparsity, greedy_allocation
+from sparsekit.activation.plan import plan_activation
 from sparsekit.activation.calibrate import greedy_block_sparsities
 
 
@@ -94,7 +90,7 @@ def test_greedy_beats_uniform_on_a_block():
     from sparsekit.activation.calibrate import install_sites
     from sparsekit.activation.collect import SketchCollector
     from sparsekit.activation.plan import Plan
-    from sparsekit.activation.recipe import site_thresholds
+    from sparsekit.activation.sites import site_thresholds
 
     sites = plan.layer_sites(0)
     wrappers = install_sites(model, sites)

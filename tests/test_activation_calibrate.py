@@ -7,12 +7,10 @@ import pytest
 import torch
 from conftest import data_file, tiny_model
 
-from sparsekit.activation import (
-    collect_sketches,
-    column_norms,
-    compute_thresholds,
-    plan_activation,
-)
+from sparsekit.activation.collect import collect_sketches
+from sparsekit.activation.plan import plan_activation
+from sparsekit.activation.sites import compute_thresholds
+from sparsekit.activation.thresholds import column_norms
 from sparsekit.activation.calibrate import calibrate_sites
 from sparsekit.runtime.act_sparse import activation_modules, remove_activation_sparsity
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import data_file
-from sparsekit.activation.store import ACTIVATION_FILE
+from sparsekit.files.thresholds import ACTIVATION_FILE
 
 
 def calib(nsamples=4, seqlen=32):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import KERNEL_DEVICE
 
-from sparsekit.kernels.act_sparse_triton import act_sparse_mm, act_sparse_mm_reference
+from sparsekit.kernels.act_sparse_triton import act_sparse_mm
+from sparsekit.kernels.act_sparse import act_sparse_mm_reference
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if KERNEL_DEVICE == "cuda" else [])
 

@@ -9,16 +9,8 @@ from conftest import tiny_model
 from torch import nn
 
 from sparsekit.errors import UsageError
-from sparsekit.runtime.act_sparse import (
-    ActSparse,
-    act_sparse_reference,
-    activation_modules,
-    activation_sparsity_report,
-    install_activation_sparsity,
-    masked_linear_reference,
-    remove_activation_sparsity,
-    set_activation_mode,
-)
+from sparsekit.runtime.act_sparse import ActSparse, activation_modules, activation_sparsity_report, install_activation_sparsity, remove_activation_sparsity, set_activation_mode
+from sparsekit.kernels.act_sparse import act_sparse_reference, masked_linear_reference
 
 
 def _linear(k=24, n=10, bias=True, seed=0):

@@ -8,15 +8,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from sparsekit.activation.store import (
-    ACTIVATION_FILE,
-    activation_tensors,
-    apply_activation,
-    load_activation,
-    save_activation,
-)
 from sparsekit.errors import UsageError
-from sparsekit.runtime.act_sparse import activation_modules, install_activation_sparsity
+from sparsekit.files.thresholds import ACTIVATION_FILE, load_activation, save_activation
+from sparsekit.loading import install_saved_activation
+from sparsekit.runtime.act_sparse import activation_modules, activation_tensors, install_activation_sparsity
 
 
 def _recipe(model):
@@ -65,8 +60,7 @@ def test_directory_loads_dense_without_sparsekit_and_sparse_with_it(tmp_path):
         assert torch.equal(plain(input_ids=ids).logits, dense)
     assert not activation_modules(plain)
     # sparsekit: installed from the directory, same tensors, different output
-    plain.sparsekit_meta = meta
-    own = apply_activation(plain, tmp_path)
+    own = install_saved_activation(plain, tmp_path, meta)
     assert own["method"] == "wina" and set(activation_modules(plain)) == set(section["sites"])
     saved = activation_tensors(plain)
     assert saved.keys() == tensors.keys()
@@ -107,8 +101,8 @@ def test_install_uses_file_recipe_where(tmp_path):
 def test_sketches_round_trip_through_statistics_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from sparsekit.activation import ActivationSketch
-    from sparsekit.activation.store import sketch_tensors, sketches_from_tensors
+    from sparsekit.activation.sketch import ActivationSketch
+    from sparsekit.files.thresholds import sketch_tensors, sketches_from_tensors
 
     a, b = ActivationSketch(5), ActivationSketch(3, histogram=False)
     a.update(torch.randn(20, 5))

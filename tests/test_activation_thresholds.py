@@ -139,10 +139,10 @@ def test_errors():
 
 
 def test_float64_bins_agree_with_the_sketch_binning():
-    from sparsekit.activation.thresholds import _Mixture
+    from sparsekit.activation.thresholds import Mixture
 
     sk = _sketch(torch.randn(10, 4))
-    mix = _Mixture(sk, None)
+    mix = Mixture(sk, None)
     edges = sk.edges().float()
     up = edges.view(torch.int32).add(1).view(torch.float32)
     vals = torch.cat([edges, up, torch.rand(500) * 100, torch.tensor([0.0, 1e-40, 3e38])]).contiguous()

@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from sparsekit.errors import UsageError
-from sparsekit.prune.allocation import (
-    ALLOCATION_KEY,
-    allocate,
-    allocation_mapping,
-    dlp_importance,
-    load_allocation_file,
-    owl_outlier_ratio,
-    weighted_mean,
-)
+from sparsekit.files.allocation import ALLOCATION_KEY, load_allocation_file
+from sparsekit.prune.allocation import allocate, allocation_mapping, dlp_importance, owl_outlier_ratio, weighted_mean
 
 NAMES = [f"model.layers.{i}" for i in range(4)]
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sparsekit import atomic
-from sparsekit.atomic import (atomic_directory, atomic_file, check_output, check_output_file,
-                              clean_stale)
+from sparsekit import signals
+from sparsekit.files import atomic
+from sparsekit.files.atomic import atomic_directory, atomic_file, check_output, check_output_file, clean_stale
 from sparsekit.errors import UsageError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -261,7 +261,8 @@ def test_sigterm_removes_the_temporary(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, time
         sys.path.insert(0, {str(SRC)!r})
-        from sparsekit.atomic import atomic_directory, install_signal_handlers
+        from sparsekit.files.atomic import atomic_directory
+        from sparsekit.signals import install_signal_handlers
         install_signal_handlers()
         try:
             with atomic_directory({str(out)!r}) as tmp:
@@ -284,8 +285,8 @@ def test_sigterm_removes_the_temporary(tmp_path):
 
 def test_signal_handler_is_only_installed_over_the_default(monkeypatch):
     installed = {}
-    monkeypatch.setattr(atomic.signal, "getsignal",
+    monkeypatch.setattr(signals.signal, "getsignal",
                         lambda s: signal.SIG_IGN if s == signal.SIGHUP else signal.SIG_DFL)
-    monkeypatch.setattr(atomic.signal, "signal", lambda s, h: installed.__setitem__(s, h))
-    atomic.install_signal_handlers()
+    monkeypatch.setattr(signals.signal, "signal", lambda s, h: installed.__setitem__(s, h))
+    signals.install_signal_handlers()
     assert list(installed) == [signal.SIGTERM]  # SIGHUP ignored (nohup): left alone

@@ -7,13 +7,7 @@ import json
 import pytest
 import torch
 
-from sparsekit.bench import (
-    CPU_NOTE,
-    TOLERANCE,
-    BenchCheckError,
-    random_model,
-    run_bench,
-)
+from sparsekit.workflows.bench import CPU_NOTE, TOLERANCE, BenchCheckError, random_model, run_bench
 from sparsekit.errors import UsageError
 from sparsekit.kernels.sparse24 import check_24
 from sparsekit.runtime.sparse24_linear import Sparse24Linear, sparsify_model_24
@@ -113,14 +107,14 @@ def test_cli_bench_on_the_cpu_says_where_kernels_pay_off(cli, monkeypatch):
     assert code == 0 and result["check_passed"] and result["max_logit_rel_diff"] <= result["tolerance"]
 
     # a wrong sparse path is exit code 1 with the result and a message, not a success
-    import sparsekit.bench
+    import sparsekit.workflows.bench
 
-    real = sparsekit.bench.run_bench
+    real = sparsekit.workflows.bench.run_bench
 
     def broken(model, *a, **k):
         return real(model, *a, corrupt=_scramble_one_layer, **k)
 
-    monkeypatch.setattr(sparsekit.bench, "run_bench", broken)
+    monkeypatch.setattr(sparsekit.workflows.bench, "run_bench", broken)
     code, stdout, stderr = cli("bench", "--random", "llama-tiny", "--prompt", 16, "--new", 4, "--device", "cpu",
                                "--dtype", "float32")
     assert code == 1 and "does not compute the dense model" in stderr and "Traceback" not in stderr

@@ -63,13 +63,12 @@ def test_calibrate_asks_before_overwriting(tiny_model_dir, cli, tmp_path):
 @pytest.mark.parametrize("command", ["prune", "calibrate", "export"])
 def test_unwritable_output_is_found_before_work(command, tiny_model_dir, cli, tmp_path, monkeypatch):
     import sparsekit.loading
-    import sparsekit.models
 
     def no_loading(*a, **k):
         raise AssertionError("loaded before the output was checked")
 
-    monkeypatch.setattr(sparsekit.models, "load_model", no_loading)
-    monkeypatch.setattr(sparsekit.loading, "load_any", no_loading)
+    monkeypatch.setattr(sparsekit.loading, "load_model", no_loading)
+    monkeypatch.setattr(sparsekit.loading, "load", no_loading)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     target = blocker / "out"

@@ -341,13 +341,12 @@ def test_unreachable_hub_never_calls_datasets(monkeypatch, tmp_path):
     import datasets
 
     import sparsekit.data as data
-    import sparsekit.models
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(data, "_PROBE", {})
-    monkeypatch.setattr(sparsekit.models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset was called"))
     with pytest.raises(UsageError, match="--data ptb: the Hugging Face hub is not reachable"):
         data.load_rows("ptb", "calibration")

@@ -235,7 +235,7 @@ def test_row_chunks_give_the_same_result(monkeypatch, nm):
     w, stats, _ = _layer(d_out=40, d_in=64, seed=17)
     mask = wanda_mask(w, stats.sq_norm, 0.5, nm=nm)
     whole = dsnot_refine(w, mask, *_stats_args(stats), nm=nm, reference_weight=w * 1.1)
-    monkeypatch.setattr(masks_mod, "_CHUNK_ELEMS", 150)  # 2 rows per chunk, 20 chunks
+    monkeypatch.setattr(masks_mod, "CHUNK_ELEMS", 150)  # 2 rows per chunk, 20 chunks
     chunked = dsnot_refine(w, mask, *_stats_args(stats), nm=nm, reference_weight=w * 1.1)
     assert whole.num_swaps > 0 and torch.equal(chunked.mask, whole.mask)
     assert torch.equal(chunked.swaps, whole.swaps)

@@ -85,7 +85,7 @@ def test_demo_model_eval_matches_transformers_gguf(cli):
     import os
 
     from sparsekit.errors import UsageError
-    from sparsekit.models import check_gguf_converter
+    from sparsekit.loading import check_gguf_converter
 
     try:
         check_gguf_converter()

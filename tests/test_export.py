@@ -13,13 +13,15 @@ from safetensors import safe_open
 from torch import nn
 
 from sparsekit.errors import UsageError
-from sparsekit.export import describe, export_model, is_export, load
+from sparsekit.export.loader import describe, is_export
+from sparsekit.export.writer import export_model
+from sparsekit.loading import load
 from sparsekit.export import writer as writer_mod
 from sparsekit.export.formats import (bitmask24_to_packed, compress_24, compress_bitmask,
                                       decompress, pack_bitmask, unpack_bitmask)
 from sparsekit.runtime.sparse24_linear import Sparse24Linear
 from sparsekit.kernels.sparse24 import mask_24_magnitude, pack_24
-from sparsekit.models import prunable_linears
+from sparsekit.anatomy import prunable_linears
 
 IDS = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(0))
 
@@ -158,14 +160,15 @@ def test_sparse24_roundtrip_fp32(arch, tmp_path, tiny_tokenizer):
     src, model, targets = make_pruned(tmp_path / "pruned", tiny_tokenizer, arch)
     summary = export_model(src, tmp_path / "out", "sparse24")
     assert summary["compressed_layers"] == len(targets)
-    loaded, tok = load(tmp_path / "out")
+    result = load(tmp_path / "out")
+    (loaded, tok), loaded_meta = result, result.meta
     swapped = [n for n, m in loaded.named_modules() if isinstance(m, Sparse24Linear)]
     assert sorted(swapped) == targets
     assert tok is not None and tok.encode("hello") == tiny_tokenizer.encode("hello")
     ref = logits(model)
     torch.testing.assert_close(logits(loaded), ref, rtol=1e-5, atol=1e-5 * ref.abs().max())
-    assert loaded.sparsekit_meta["recipe"]["pattern"] == "2:4"
-    assert loaded.sparsekit_meta["export"]["format"] == "sparse24"
+    assert loaded_meta["recipe"]["pattern"] == "2:4"
+    assert loaded_meta["export"]["format"] == "sparse24"
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -210,11 +213,12 @@ def test_load_plain_pruned_dir_and_activation_meta(tmp_path, tiny_tokenizer):
     spec = {"activation": {"model.layers.0.mlp.down_proj": {"threshold": 0.1}}}
     src, model, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, extra=spec)
     assert is_export(src) is None
-    loaded, _ = load(src, activation="off")
+    result = load(src, activation="off")
+    loaded, loaded_meta = result.model, result.meta
     torch.testing.assert_close(logits(loaded), logits(model))
-    assert loaded.sparsekit_meta["activation"] == spec["activation"]
+    assert loaded_meta["activation"] == spec["activation"]
     export_model(src, tmp_path / "out", "sparse24")
-    assert load(tmp_path / "out", activation="off")[0].sparsekit_meta["activation"] == spec["activation"]
+    assert load(tmp_path / "out", activation="off").meta["activation"] == spec["activation"]
     # a section that promises thresholds without their file is refused, not silently ignored
     with pytest.raises(UsageError, match="sparsekit-activation.safetensors is missing"):
         load(src)
@@ -612,7 +616,7 @@ def one_line(info) -> str:
 
 
 def test_truncated_pruned_dir_is_reported_before_work(tmp_path, tiny_tokenizer):
-    from sparsekit.export.files import check_safetensors
+    from sparsekit.files.layout import check_safetensors
 
     src, _, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer)
     assert check_safetensors(src) == [src / "model.safetensors"]
@@ -638,7 +642,7 @@ def test_truncated_export_is_reported(exported):
 
 
 def test_check_safetensors_details(tmp_path, tiny_tokenizer):
-    from sparsekit.export.files import check_safetensors
+    from sparsekit.files.layout import check_safetensors
 
     src, _, _ = make_pruned(tmp_path / "pruned", tiny_tokenizer, shard="60KB")
     shards = sorted(src.glob("model-*.safetensors"))

@@ -15,12 +15,13 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 from transformers.utils import is_compressed_tensors_available
 
-from sparsekit.export import export_model, load
-from sparsekit.export.files import check_safetensors, weight_files
+from sparsekit.export.writer import export_model
+from sparsekit.loading import load
+from sparsekit.files.layout import check_safetensors, weight_files
 from sparsekit.export.writer import LOAD_HINT
 from sparsekit.kernels.sparse24 import mask_24_magnitude
-from sparsekit.models import prunable_linears
-from sparsekit.prune.save import write_model_dir
+from sparsekit.anatomy import prunable_linears
+from sparsekit.files.modeldir import write_model_dir
 
 IDS = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(1))
 SIDE = "sparsekit-extra.safetensors"  # any sparsekit side file (activation thresholds are one kind)

@@ -8,8 +8,8 @@ from torch import nn
 
 from conftest import ARCHS, tiny_model
 from sparsekit.errors import UsageError
-from sparsekit.models import (decoder_layers, layer_linears, linear_kind, load_model, locate,
-                              prunable_linears)
+from sparsekit.anatomy import decoder_layers, layer_linears, linear_kind, prunable_linears
+from sparsekit.loading import load_model, locate
 
 EXPECTED_LINEARS = {
     "llama": {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -127,7 +127,7 @@ def test_cli_bad_model_exit_code_2(cli, tmp_path):
 def test_gguf_conversion_refuses_an_older_transformers(tmp_path, monkeypatch):
     import transformers
 
-    from sparsekit.models import convert_gguf
+    from sparsekit.loading import convert_gguf
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF not really")

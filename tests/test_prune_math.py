@@ -391,9 +391,9 @@ def test_cuda_matches_cpu():
 # ---------------------------------------------------------------- row chunks
 @pytest.mark.parametrize("chunk", [1, 100, 400])
 def test_masks_over_many_row_chunks_match_reference(monkeypatch, chunk):
-    # _CHUNK_ELEMS scores per chunk: 40 columns -> 1, 2 or 10 rows per chunk, with a short last
+    # CHUNK_ELEMS scores per chunk: 40 columns -> 1, 2 or 10 rows per chunk, with a short last
     # chunk; 4-column N:M groups -> 1, 25 or 100 group-rows per chunk.
-    monkeypatch.setattr(masks_mod, "_CHUNK_ELEMS", chunk)
+    monkeypatch.setattr(masks_mod, "CHUNK_ELEMS", chunk)
     g = _gen(50)
     scores = torch.randint(0, 5, (23, 40), generator=g).float()  # many ties
     assert torch.equal(row_mask(scores, 0.45), _ref_row_mask(scores, math.floor(40 * 0.45)))
@@ -405,7 +405,7 @@ def test_masks_over_many_row_chunks_match_reference(monkeypatch, chunk):
 
 def test_mask_of_a_layer_bigger_than_one_chunk():
     rows, cols = 1100, 4096  # 4.5M scores: two chunks at the default size
-    assert rows * cols > masks_mod._CHUNK_ELEMS
+    assert rows * cols > masks_mod.CHUNK_ELEMS
     g = _gen(51)
     w, s = torch.randn(rows, cols, generator=g), torch.rand(cols, generator=g)
     k = math.floor(cols * 0.5)

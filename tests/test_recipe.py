@@ -127,14 +127,13 @@ def test_stats_with_a_method_that_reads_none_is_refused(tmp_path):
 def test_cli_rejects_bad_options_before_loading(args, message, cli, tmp_path, monkeypatch):
     """Each bad option is one line and exit code 2, found before the model is even looked at."""
     import sparsekit.loading
-    import sparsekit.models
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the options were checked")
 
-    monkeypatch.setattr(sparsekit.models, "load_model", no_loading)
-    monkeypatch.setattr(sparsekit.loading, "load_any", no_loading)
-    monkeypatch.setattr(sparsekit.models, "load_config", no_loading)
+    monkeypatch.setattr(sparsekit.loading, "load_model", no_loading)
+    monkeypatch.setattr(sparsekit.loading, "load", no_loading)
+    monkeypatch.setattr(sparsekit.loading, "load_config", no_loading)
     stats = tmp_path / "s.safetensors"
     stats.write_bytes(b"x")
     data = tmp_path / "d.txt"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsekit.bench import random_model
+from sparsekit.workflows.bench import random_model
 from sparsekit.kernels.sparse24 import mask_24_magnitude, pack_24
 from sparsekit.runtime import dispatch24
 from sparsekit.runtime.decode import compile_decode

@@ -7,7 +7,7 @@ import torch
 
 from conftest import data_file, tiny_model
 from sparsekit.calibrate.stats import InputStats
-from sparsekit.models import prunable_linears
+from sparsekit.anatomy import prunable_linears
 from sparsekit.prune.allocation import weighted_mean
 from sparsekit.prune.pipeline import group_by_layer, prune_model
 from sparsekit.prune.recipe import Calibration, make_recipe

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from sparsekit.calibrate import statsfile
+from sparsekit.files import statsfile
 from sparsekit.calibrate.engine import run_sequential
 from sparsekit.calibrate.stats import InputStats
-from sparsekit.calibrate.statsfile import (StatsWriter, check_settings, fingerprint, load_stats, save_stats,
-                                           weight_digest)
+from sparsekit.files.statsfile import StatsWriter, check_settings, fingerprint, load_stats, save_stats, weight_digest
 from sparsekit.errors import UsageError
-from sparsekit.models import prunable_linears
+from sparsekit.anatomy import prunable_linears
 
 SETTINGS = {"data": "x.txt", "nsamples": 3, "seqlen": 16, "sampling": "random", "seed": 0, "bos": "never"}
 Q, K, V = (f"model.layers.0.self_attn.{p}_proj" for p in "qkv")
@@ -122,7 +121,7 @@ def test_load_is_lazy(tmp_path, monkeypatch):
 def test_state_view_is_the_state_dict():
     s = InputStats(6, hessian=True)
     s.update(torch.randn(2, 5, 6))
-    view, full = statsfile._state_view(s), s.state_dict()
+    view, full = s.state_view(), s.state_dict()
     assert view.keys() == full.keys()
     for k in full:
         assert torch.equal(view[k], full[k]), k

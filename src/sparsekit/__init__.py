@@ -1,18 +1,33 @@
 """sparsekit: post-training sparsification of large language models.
 
-``sparsekit.load(path)`` returns ``(model, tokenizer)`` for any directory sparsekit wrote: a
-pruned model, or an export in any format (sparse24 runs with 2:4 sparse linears, bitmask is
-decoded to dense weights, dense is a plain checkpoint). Plain transformers loads pruned
-directories and dense exports, and refuses the compressed formats (it cannot decode them).
+The library API (each command of the CLI is one of these calls; see the README)::
+
+    import sparsekit
+    recipe = sparsekit.make_recipe(method="sparsegpt", pattern="2:4",
+                                   calibration=sparsekit.make_calibration(data="valid.txt"))
+    result = sparsekit.prune("demo", recipe, output="gemma-2of4")
+    sparsekit.evaluate("gemma-2of4", data="test.txt")
+    model, tokenizer = sparsekit.load("gemma-2of4")
+
+Names are resolved on first use, so ``import sparsekit.kernels`` (or any submodule) loads only
+what it needs.
 """
 
-__version__ = "0.1.0"
+from sparsekit.version import __version__
+
+_API = {
+    "load": "sparsekit.loading",
+    "LoadedModel": "sparsekit.loading",
+}
+
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
-    """`sparsekit.load(path, device=..., dtype=...)`: run an exported (or pruned) model."""
-    if name == "load":
-        from sparsekit.export.loader import load
+    """The library API, imported on first use (the one lazy import of the package: it keeps
+    ``import sparsekit.<submodule>`` from importing every workflow)."""
+    if name in _API:
+        from importlib import import_module
 
-        return load
+        return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'sparsekit' has no attribute {name!r}")

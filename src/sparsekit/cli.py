@@ -85,7 +85,7 @@ def _quiet_transformers() -> None:
 
 def _check_load_options(dtype: str, device: str, offload: bool = False) -> str:
     """Validate --dtype/--device/--offload without loading anything; returns the resolved device."""
-    from sparsekit.models import resolve_device, resolve_dtype
+    from sparsekit.loading import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     resolve_dtype(dtype, dev)
@@ -97,8 +97,8 @@ def _check_load_options(dtype: str, device: str, offload: bool = False) -> str:
 def _check_model(model: str) -> None:
     """The model names something loadable, and a local directory's safetensors are intact:
     checked in milliseconds, before data preparation or loading."""
-    from sparsekit.export.files import check_safetensors
-    from sparsekit.models import check_model_spec
+    from sparsekit.files.layout import check_safetensors
+    from sparsekit.loading import check_model_spec
 
     if check_model_spec(model) == "dir":
         check_safetensors(model)
@@ -108,13 +108,13 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool, quiet: b
           offload: bool = False, for_pruning: bool = False, activation: str = "auto"):
     from contextlib import nullcontext
 
-    from sparsekit.loading import load_any
+    from sparsekit import loading
 
     _quiet_transformers()
     start = time.perf_counter()
     with nullcontext() if quiet else err.status(f"loading {model} (a .gguf is converted once, ~1 min) ..."):
-        loaded = load_any(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                          tokenizer=tokenizer, offload=offload, for_pruning=for_pruning, activation=activation)
+        loaded = loading.load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                              tokenizer=tokenizer, offload=offload, for_pruning=for_pruning, activation=activation)
     return loaded, time.perf_counter() - start
 
 
@@ -126,9 +126,9 @@ def _dtype_name(model) -> str:
 def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "auto",
              trust_remote_code: TrustOpt = False, json_out: JsonOpt = False) -> None:
     """Describe a model: architecture, decoder layers, linear shapes, parameters, weight sparsity."""
+    from sparsekit.anatomy import decoder_layers, layer_linears, linear_kind, parameter_count
+    from sparsekit.eval.sparsity import weight_sparsity
     from sparsekit.export.loader import describe, is_export
-    from sparsekit.models import decoder_layers, layer_linears, linear_kind, parameter_count
-    from sparsekit.sparsity import weight_sparsity
 
     _check_load_options(dtype, device)
     _check_model(model)
@@ -162,7 +162,7 @@ def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "aut
 
 
 def _info_export(path: str, facts: dict, json_out: bool) -> None:
-    from sparsekit.report import export_table
+    from sparsekit.cli_tables import export_table
 
     meta = facts.pop("sparsekit_meta") or {}
     facts = {"model": path, **facts, "recipe": meta.get("recipe")}
@@ -173,7 +173,7 @@ def _info_export(path: str, facts: dict, json_out: bool) -> None:
 
 
 def _resolve_seqlen(model, seqlen: int | None) -> int:
-    from sparsekit.models import context_length
+    from sparsekit.anatomy import context_length
 
     ctx = context_length(model)
     seqlen = seqlen or min(ctx or 2048, 2048)
@@ -220,7 +220,7 @@ def eval_cmd(
     from sparsekit.data import BOS_MODES, check_data_request, eval_tokens, windows, with_bos
     from sparsekit.eval.perplexity import perplexity
     from sparsekit.prune.recipe import check_choice, check_seqlen
-    from sparsekit.sparsity import weight_sparsity
+    from sparsekit.eval.sparsity import weight_sparsity
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -255,7 +255,7 @@ def eval_cmd(
         "nll": result.nll, "weight_sparsity": sparsity.overall, "sparsity_by_type": sparsity.by_kind(),
         "seconds": round(result.seconds, 3), "load_seconds": round(load_s, 3), "dtype": _dtype_name(loaded.model),
         "activation_sparsity": act_report or None,
-        "activation_method": ((getattr(loaded.model, "sparsekit_meta", None) or {}).get("activation") or {}).get("method")
+        "activation_method": ((loaded.meta or {}).get("activation") or {}).get("method")
         if act_report else None,
     }
     if json_out:
@@ -268,7 +268,7 @@ def eval_cmd(
                   f"{sparsity.overall:.2%}", f"{result.seconds:.1f}")
     out.print(table)
     if act_report:
-        from sparsekit.report import activation_report_table
+        from sparsekit.cli_tables import activation_report_table
 
         out.print(activation_report_table(act_report))
 
@@ -357,18 +357,20 @@ def calibrate_cmd(
     weights and the calibration settings, so `sparsekit prune --stats FILE` can reuse them
     without running the model again (and refuses them for another model or other settings).
     """
-    from sparsekit.atomic import check_output_file
+    from sparsekit.anatomy import prunable_linears
     from sparsekit.calibrate.engine import run_sequential
-    from sparsekit.calibrate.statsfile import StatsWriter, fingerprint
     from sparsekit.data import check_data_request
-    from sparsekit.models import prunable_linears
-    from sparsekit.prune.recipe import _check_regex, make_calibration
+    from sparsekit.files.atomic import check_output_file
+    from sparsekit.files.statsfile import StatsWriter, fingerprint
+    from sparsekit.prune.recipe import make_calibration
+    from sparsekit.registry import regex as _check_regex
 
     start = time.perf_counter()
     cal = make_calibration(data=data, nsamples=nsamples, seqlen=seqlen, seed=seed, sampling=sampling,
                            bos=bos, batch_size=batch_size)
-    _check_regex("--targets", targets)
-    _check_regex("--ignore", ignore)
+    for flag, value in (("--targets", targets), ("--ignore", ignore)):
+        if value is not None:
+            _check_regex(flag, value)
     check_output_file(output, overwrite)
     dev = _check_load_options(dtype, device, offload)
     _check_model(model)
@@ -500,13 +502,15 @@ def prune_cmd(
     """
     from pathlib import Path
 
-    from sparsekit.calibrate.statsfile import check_settings, fingerprint, load_stats
+    from sparsekit.anatomy import DEFAULT_IGNORE, prunable_linears
     from sparsekit.data import check_data_request
-    from sparsekit.models import DEFAULT_IGNORE, DTYPES, prunable_linears
+    from sparsekit.dtypes import DTYPES
+    from sparsekit.eval.sparsity import weight_sparsity
+    from sparsekit.files.atomic import check_output
+    from sparsekit.files.modeldir import write_model_dir
+    from sparsekit.files.statsfile import check_settings, fingerprint, load_stats
     from sparsekit.prune.pipeline import check_allocation_file, prune_model
     from sparsekit.prune.recipe import check_against_model, check_choice, make_calibration, make_recipe
-    from sparsekit.prune.save import check_output, write_model_dir
-    from sparsekit.sparsity import weight_sparsity
 
     start = time.perf_counter()
     cal = make_calibration(data=data, nsamples=nsamples, seqlen=seqlen, seed=seed, sampling=sampling, bos=bos,
@@ -575,7 +579,7 @@ def prune_cmd(
             "achieved_sparsity": report.overall}
     side_files = {}
     if act is not None:
-        from sparsekit.activation.store import ACTIVATION_FILE, activation_file
+        from sparsekit.files.thresholds import ACTIVATION_FILE, activation_file
 
         meta["activation"], tensors, metadata = activation_file(act.tensors, act.section)
         side_files[ACTIVATION_FILE] = (tensors, metadata)
@@ -592,7 +596,7 @@ def prune_cmd(
     if json_out:
         _emit_json({"output": output, **meta})
         return
-    from sparsekit.report import activation_table, allocation_table, prune_table
+    from sparsekit.cli_tables import activation_table, allocation_table, prune_table
 
     if recipe.layerwise != "uniform":
         out.print(allocation_table(recipe.layerwise, run.allocation, run.layer_values))
@@ -612,7 +616,7 @@ def prune_cmd(
 def _activation_stage(model, recipe, ids, calib: dict, device, on_layer):
     from sparsekit.activation.plan import plan_activation
     from sparsekit.activation.stage import calibrate_activation
-    from sparsekit.calibrate.statsfile import load_sketches
+    from sparsekit.files.statsfile import load_sketches
 
     sketches = None
     if recipe.calibration.stats is not None:
@@ -657,8 +661,9 @@ def export_cmd(
     refused for sparse24 (never re-pruned). Written tensor by tensor into a temporary directory,
     moved into place at the end. Load compressed exports with `sparsekit.load(path)`.
     """
-    from sparsekit.export import FORMATS, export_model
-    from sparsekit.export.writer import DTYPES, check_export_paths
+    from sparsekit.dtypes import DTYPES
+    from sparsekit.export.codecs import FORMATS
+    from sparsekit.export.writer import check_export_paths, export_model
 
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}: use one of {', '.join(FORMATS)}")
@@ -717,8 +722,9 @@ def bench_cmd(
     agreement is reported, not required.
     """
 
-    from sparsekit.bench import BenchCheckError, random_model, run_bench
-    from sparsekit.models import DTYPES, resolve_device
+    from sparsekit.dtypes import DTYPES
+    from sparsekit.loading import resolve_device
+    from sparsekit.workflows.bench import BenchCheckError, random_model, run_bench
 
     if (model is None) == (random is None):
         raise UsageError("give a MODEL or --random NAME (not both)")
@@ -737,7 +743,7 @@ def bench_cmd(
             try:
                 m = random_model(random, dtype=DTYPES[dtype], device=dev)
             except (OSError, ValueError):
-                from sparsekit.bench import RANDOM_MODELS
+                from sparsekit.workflows.bench import RANDOM_MODELS
 
                 raise UsageError(f"--random {random}: not a known size or a readable config.json: use one of "
                                  f"{', '.join(RANDOM_MODELS)}, or a path to a config.json") from None
@@ -745,7 +751,7 @@ def bench_cmd(
     else:
         loaded, _ = _load(model, dtype, dev, False, json_out, activation="off")  # the 2:4 weights alone
         m, tok = loaded.model, loaded.tokenizer
-    from sparsekit.report import bench_table
+    from sparsekit.cli_tables import bench_table
 
     title = f"sparsekit bench: {random or model}, batch {batch}, prompt {prompt}, new {new}"
     with err.status("benchmarking dense, then 2:4 sparse ..."):
@@ -782,7 +788,7 @@ def _stopped(name: str, code: int) -> None:
 def main() -> None:
     import click
 
-    from sparsekit.atomic import Terminated, install_signal_handlers
+    from sparsekit.signals import Terminated, install_signal_handlers
 
     install_signal_handlers()
     try:

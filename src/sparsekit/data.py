@@ -37,7 +37,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from sparsekit.anatomy import model_device
 from sparsekit.errors import UsageError
+from sparsekit.network import env_true, hub_reachable
 
 NAMED = ("wikitext2", "c4", "ptb")
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
@@ -128,20 +130,14 @@ _PROBE: dict[str, tuple[float, bool]] = {}
 _PROBE_TTL = 60.0
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _offline() -> bool:
     """HF_DATASETS_OFFLINE / HF_HUB_OFFLINE set, or the hub does not answer a 3 s probe (the
     answer is remembered for a minute, so validation and loading probe once)."""
-    if _env_true("HF_DATASETS_OFFLINE") or _env_true("HF_HUB_OFFLINE"):
+    if env_true("HF_DATASETS_OFFLINE") or env_true("HF_HUB_OFFLINE"):
         return True
     now = time.monotonic()
     hit = _PROBE.get("hub")
     if hit is None or now - hit[0] > _PROBE_TTL:
-        from sparsekit.models import hub_reachable
-
         hit = (now, hub_reachable())
         _PROBE["hub"] = hit
     return not hit[1]
@@ -471,8 +467,6 @@ def self_generated(model, tokenizer, nsamples: int, seqlen: int, seed: int = 0,
     Data-free calibration: no corpus is needed, and self-generated text is competitive with
     real text for pruning in the literature.
     """
-    from sparsekit.models import model_device
-
     bos = tokenizer.bos_token_id
     if bos is None:
         bos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

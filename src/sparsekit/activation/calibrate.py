@@ -27,7 +27,9 @@ from torch import nn
 from sparsekit.activation.allocation import Allocation, allocate_block
 from sparsekit.activation.collect import SketchCollector
 from sparsekit.activation.plan import ROLES, Plan, Site
-from sparsekit.activation.recipe import SiteThresholds, site_result, site_thresholds
+from sparsekit.activation.sites import SiteThresholds, site_result, site_thresholds
+from sparsekit.anatomy import set_submodule
+from sparsekit.runtime.act_sparse import ActSparse
 
 __all__ = ["STAGES", "calibrate_sites", "greedy_block_sparsities", "install_sites"]
 
@@ -36,14 +38,12 @@ STAGES = ROLES   # calibrated in this order within a block
 
 def install_sites(model: nn.Module, sites: list[Site], enabled: bool = False) -> dict:
     """Wrap every site (threshold 0, mode "all"), or reuse its wrapper; returns name -> wrapper."""
-    from sparsekit.runtime.act_sparse import ActSparse, _set_submodule
-
     out = {}
     for site in sites:
         m = model.get_submodule(site.name)
         if not isinstance(m, ActSparse):
             m = ActSparse(m, 0.0, where=site.where, mode="all")
-            _set_submodule(model, site.name, m)
+            set_submodule(model, site.name, m)
         m.mode = "all"
         m.enabled = enabled
         out[site.name] = m

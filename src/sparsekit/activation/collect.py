@@ -15,8 +15,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sparsekit.activation.plan import Point
+from sparsekit.activation.plan import Point, calibration_points
 from sparsekit.activation.sketch import ActivationSketch
+from sparsekit.anatomy import Wrapper, decoder_layers, model_device, unwrap
+from sparsekit.files.thresholds import sketch_tensors
 
 __all__ = ["SketchCollector", "collect_sketches"]
 
@@ -37,9 +39,8 @@ class SketchCollector:
         self._handles = []
         for key, p in self.points.items():
             module = model.get_submodule(p.module)
-            wrapped = type(module).__name__ == "ActSparse"
-            if p.where == "output" and wrapped:
-                module = module.inner
+            if p.where == "output" and isinstance(module, Wrapper):
+                module = unwrap(module)
             self._handles.append(module.register_forward_hook(self._hook(key, p)))
 
     def _hook(self, key: str, p: Point):
@@ -78,8 +79,6 @@ class SketchCollector:
 def collect_sketches(model: nn.Module, batches: Iterable[torch.Tensor], points: dict[str, Point], *,
                      device=None, **grid) -> dict[str, ActivationSketch]:
     """Sketch every point over full-model forwards of `batches` (token ids [b, T] each)."""
-    from sparsekit.models import model_device
-
     dev = model_device(model)
     with SketchCollector(model, points, device=device, **grid) as col:
         for ids in batches:
@@ -94,9 +93,6 @@ class LayerSketches:
     --activations` stores next to the input statistics."""
 
     def __init__(self, model: nn.Module, *, device=None, **grid):
-        from sparsekit.activation.plan import calibration_points
-        from sparsekit.models import decoder_layers
-
         path, layers = decoder_layers(model)
         points = calibration_points(model)
         self._collectors: dict[int, SketchCollector] = {}
@@ -108,8 +104,6 @@ class LayerSketches:
 
     def take_layer(self, index: int) -> dict[str, torch.Tensor]:
         """The flat tensors (`sketch_tensors` names) of layer `index`; its hooks are removed."""
-        from sparsekit.activation.store import sketch_tensors
-
         col = self._collectors.pop(index, None)
         return {} if col is None else sketch_tensors(col.close())
 

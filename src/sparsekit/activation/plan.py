@@ -27,18 +27,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from sparsekit.anatomy import ACT_NAMES, ATTN_IN, ATTN_OUT, MLP_IN, MLP_OUT, ROLES, decoder_layers, layer_linears, \
+    linear_role
 from sparsekit.errors import UsageError
-from sparsekit.models import decoder_layers, layer_linears
 
 __all__ = ["METHODS", "ROLES", "Plan", "Point", "Site", "calibration_points", "plan_activation"]
 
 METHODS = ("teal", "chess", "wina")
-ATTN_IN = ("q_proj", "qkv_proj", "k_proj", "v_proj")     # first present names the shared point
-ATTN_OUT = ("o_proj", "out_proj")
-MLP_IN = ("gate_proj", "gate_up_proj", "up_proj", "fc1")
-MLP_OUT = ("down_proj", "fc2")
-ACT_NAMES = ("act_fn", "activation_fn", "act")
-ROLES = ("attn_in", "attn_out", "mlp_in", "mlp_act", "mlp_out")   # forward order within a block
 
 
 @dataclass(frozen=True)
@@ -76,33 +71,17 @@ class Plan:
         return [s for s in self.sites if s.layer == layer]
 
 
-def _role(leaf: str) -> str | None:
-    for role, names in (("attn_in", ATTN_IN), ("attn_out", ATTN_OUT), ("mlp_in", MLP_IN), ("mlp_out", MLP_OUT)):
-        if leaf in names:
-            return role
-    return None
-
-
 def _params(lin: nn.Module) -> int:
     return int(lin.in_features) * int(lin.out_features)
 
 
-def _unwrap(m: nn.Module) -> nn.Module:
-    return getattr(m, "inner", m) if type(m).__name__ == "ActSparse" else m
-
-
 def _layer_parts(layer: nn.Module) -> dict:
     """Linears by role and parent, and the gate activation of the MLP, of one decoder layer."""
-    linears = dict(layer_linears(layer))
-    # installed wrappers: count the wrapped linear under the wrapper's own name
-    for name, m in layer.named_modules():
-        if type(m).__name__ == "ActSparse" and isinstance(_unwrap(m), nn.Linear):
-            linears[name] = _unwrap(m)
-            linears.pop(f"{name}.inner", None)
+    linears = layer_linears(layer)  # a wrapped linear is named as its wrapper (the checkpoint name)
     parts: dict = {"groups": {}, "skipped": []}
     for rel, lin in linears.items():
         parent, _, leaf = rel.rpartition(".")
-        role = _role(leaf)
+        role = linear_role(leaf)
         if role is None:
             parts["skipped"].append(rel)
             continue

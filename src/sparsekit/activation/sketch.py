@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ActivationSketch", "sketch_bytes"]
+from sparsekit.errors import NumericalError
+
+__all__ = ["ActivationSketch", "check_finite_sketch", "sketch_bytes"]
 
 _FORMAT_VERSION = 1
 _MAX_TOKENS = 2**31 - 1
@@ -262,10 +264,9 @@ class ActivationSketch:
                 f"histogram={self.has_histogram}, device={self.device})")
 
 
-def _check_finite(sketch: ActivationSketch, what: str = "activation sketch") -> None:
+def check_finite_sketch(sketch: ActivationSketch, what: str = "activation sketch") -> None:
+    """Stop with a reason when a sketch saw NaN or inf."""
     if not bool(torch.isfinite(sketch.max_abs).all()):
-        from sparsekit.errors import NumericalError
-
         raise NumericalError(f"NaN or inf in the calibration activations of {what}: check the model "
                              "and the calibration data (e.g. run in float32)")
 

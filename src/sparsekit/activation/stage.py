@@ -24,10 +24,11 @@ from torch import nn
 
 from sparsekit.activation.calibrate import calibrate_sites, greedy_block_sparsities
 from sparsekit.activation.plan import plan_activation
-from sparsekit.activation.recipe import activation_section, compute_thresholds
+from sparsekit.activation.sites import activation_section, compute_thresholds
 from sparsekit.calibrate.engine import EngineTimes, run_sequential
+from sparsekit.anatomy import prunable_linears
 from sparsekit.errors import UsageError
-from sparsekit.models import prunable_linears
+from sparsekit.runtime.act_sparse import remove_activation_sparsity
 
 
 @dataclass
@@ -43,8 +44,6 @@ def calibrate_activation(model: nn.Module, recipe, *, calibration: torch.Tensor 
                          offload_activations=None, on_layer: Callable[[int, int], None] | None = None
                          ) -> ActivationResult:
     """Thresholds for `recipe.activation` at `recipe.act_sparsity` (see the module docstring)."""
-    from sparsekit.runtime.act_sparse import remove_activation_sparsity
-
     start = time.perf_counter()
     plan = plan_activation(model, recipe.activation)
     if not plan.sites:

@@ -42,10 +42,14 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsekit.activation.sketch import ActivationSketch, _check_finite
+from sparsekit.activation.sketch import ActivationSketch, check_finite_sketch
 
 __all__ = [
+    "Mixture",
     "Threshold",
+    "channel_thresholds",
+    "check_sparsity",
+    "solve_threshold",
     "chess_thresholds",
     "column_norms",
     "pooled_threshold",
@@ -68,14 +72,14 @@ class Threshold:
     upper: float
 
 
-def _check_sparsity(sparsity: float) -> float:
+def check_sparsity(sparsity: float) -> float:
     s = float(sparsity)
     if not 0.0 <= s <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     return s
 
 
-class _Mixture:
+class Mixture:
     """Piecewise-linear CDFs of every channel of a sketch, with per-channel importance scales."""
 
     def __init__(self, sketch: ActivationSketch, scale: torch.Tensor | None):
@@ -83,7 +87,7 @@ class _Mixture:
             raise ValueError("thresholds need a sketch with a histogram (histogram=True)")
         if sketch.ntokens == 0:
             raise ValueError("the activation sketch is empty: calibrate on some tokens first")
-        _check_finite(sketch)
+        check_finite_sketch(sketch)
         counts = sketch.counts.detach().to("cpu", torch.float64)          # [C, B]
         self.c, self.b = counts.shape
         cum = torch.cat([torch.zeros(self.c, 1, dtype=torch.float64), counts.cumsum(1)], 1)  # [C, B+1]
@@ -183,7 +187,7 @@ def _f64_from_bits(b: int) -> float:
     return struct.unpack("<d", struct.pack("<q", b))[0]
 
 
-def _search(mix: _Mixture, target: float) -> float:
+def _search(mix: Mixture, target: float) -> float:
     """Smallest float64 tau with ``total(tau) >= target`` (given ``total(0) < target``).
 
     Bisection on the ordered bit patterns of non-negative doubles (a geometric bisection, suited
@@ -213,7 +217,7 @@ def _search(mix: _Mixture, target: float) -> float:
     return _f64_from_bits(hi)
 
 
-def _solve(mix: _Mixture, sparsity: float) -> Threshold:
+def solve_threshold(mix: Mixture, sparsity: float) -> Threshold:
     """Smallest tau >= 0 with the pooled interpolated CDF >= sparsity (`_search`), snapped onto a
     bin edge within float rounding of it."""
     total = mix.n * mix.c
@@ -231,12 +235,12 @@ def _solve(mix: _Mixture, sparsity: float) -> Threshold:
 def pooled_threshold(sketch: ActivationSketch, sparsity: float, scale: torch.Tensor | None = None) -> Threshold:
     """Threshold tau on ``importance_i = |x_i| * scale_i`` (scale None: 1) pooled over tokens and
     channels, for the target zeroed fraction `sparsity` (module docstring: convention, bounds)."""
-    return _solve(_Mixture(sketch, scale), _check_sparsity(sparsity))
+    return solve_threshold(Mixture(sketch, scale), check_sparsity(sparsity))
 
 
 def zeroed_fraction(sketch: ActivationSketch, threshold: float, scale: torch.Tensor | None = None) -> Threshold:
     """What the sketch predicts a given threshold zeroes (same fields as `pooled_threshold`)."""
-    mix = _Mixture(sketch, scale)
+    mix = Mixture(sketch, scale)
     est, lower, upper = mix.per_channel(float(threshold))
     total = mix.n * mix.c
     return Threshold(float(threshold), float(est.sum()) / total, float(lower.sum()) / total,
@@ -263,15 +267,20 @@ def wina_threshold(sketch: ActivationSketch, norms: torch.Tensor, sparsity: floa
     return pooled_threshold(sketch, sparsity, scale=norms)
 
 
+def channel_thresholds(tau: float, weights: torch.Tensor) -> torch.Tensor:
+    """CHESS's channel-wise thresholds ``t_i = tau / mu_i`` (float32 [C]) for the pooled threshold
+    ``tau`` on ``|a_i| * mu_i``; ``mu_i = 0`` gives ``t_i = inf`` (the channel is always dropped:
+    it contributes nothing anyway). The one CHESS threshold formula."""
+    mu = weights.detach().reshape(-1).to("cpu", torch.float64)
+    return torch.where(mu > 0, tau / torch.where(mu > 0, mu, 1.0), torch.full_like(mu, float("inf"))).to(torch.float32)
+
+
 def chess_thresholds(sketch: ActivationSketch, weights: torch.Tensor | None,
                      sparsity: float) -> tuple[torch.Tensor, Threshold]:
-    """CHESS channel-wise thresholds ``t_i = tau / mu_i`` (float32 [C]) with tau the `sparsity`
+    """CHESS channel-wise thresholds (`channel_thresholds`, float32 [C]) with tau the `sparsity`
     quantile of ``|a_i| * mu_i`` pooled over tokens and channels; ``weights`` = mu (None: plain MLP,
-    mu = 1, every t_i = tau). ``mu_i = 0`` gives ``t_i = inf``."""
+    mu = 1, every t_i = tau)."""
     res = pooled_threshold(sketch, sparsity, scale=weights)
     if weights is None:
-        t = torch.full((sketch.channels,), res.value, dtype=torch.float64)
-    else:
-        mu = weights.detach().reshape(-1).to("cpu", torch.float64)
-        t = torch.where(mu > 0, res.value / torch.where(mu > 0, mu, 1.0), torch.full_like(mu, float("inf")))
-    return t.to(torch.float32), res
+        return torch.full((sketch.channels,), res.value, dtype=torch.float32), res
+    return channel_thresholds(res.value, weights), res

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparsekit.models import decoder_layers, model_device
+from sparsekit.anatomy import decoder_layers, model_device
 
 _DROP = ("past_key_value", "past_key_values", "layer_past")
 

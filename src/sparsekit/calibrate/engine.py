@@ -19,7 +19,7 @@ from torch import nn
 from sparsekit.calibrate.capture import capture_layer_calls, layer_output, map_tensors
 from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import NumericalError
-from sparsekit.models import decoder_layers
+from sparsekit.anatomy import decoder_layers
 
 # callback(layer index, {full name: linear}, {full name: stats}) -> True if the layer changed
 # (with `layer_runner`, a fourth argument: run_layer() -> the layer's outputs on every cached

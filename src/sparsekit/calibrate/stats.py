@@ -28,9 +28,9 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["InputStats", "fp32_matmul_precision", "ieee_fp32_matmul", "tf32_is_exact"]
+__all__ = ["FORMAT_VERSION", "InputStats", "fp32_matmul_precision", "ieee_fp32_matmul", "tf32_is_exact"]
 
-_FORMAT_VERSION = 1
+FORMAT_VERSION = 1
 
 
 @contextlib.contextmanager
@@ -210,17 +210,22 @@ class InputStats:
     # --------------------------------------------------------- serialization
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors (safetensors-friendly): version, nsamples, ntokens,
-        sq_norm, mean, m2 and, if accumulated, hessian."""
+        sq_norm, mean, m2 and, if accumulated, hessian (copies)."""
+        return {k: t.clone() for k, t in self.state_view().items()}
+
+    def state_view(self) -> dict[str, torch.Tensor]:
+        """`state_dict` without copying the large tensors (the live state: for a writer that
+        only reads them)."""
         d = {
-            "version": torch.tensor([_FORMAT_VERSION], dtype=torch.int64),
+            "version": torch.tensor([FORMAT_VERSION], dtype=torch.int64),
             "nsamples": torch.tensor([self.nsamples], dtype=torch.int64),
             "ntokens": torch.tensor([self.ntokens], dtype=torch.int64),
-            "sq_norm": self._sq_norm.clone(),
-            "mean": self._mean.clone(),
-            "m2": self._m2.clone(),
+            "sq_norm": self._sq_norm,
+            "mean": self._mean,
+            "m2": self._m2,
         }
         if self._hessian is not None:
-            d["hessian"] = self._hessian.clone()
+            d["hessian"] = self._hessian
         return d
 
     @classmethod
@@ -231,9 +236,9 @@ class InputStats:
         missing = [k for k in ("nsamples", "ntokens", "sq_norm", "mean", "m2") if k not in d]
         if missing:
             raise ValueError(f"InputStats state is missing keys: {', '.join(missing)}")
-        version = int(d["version"].reshape(-1)[0]) if "version" in d else _FORMAT_VERSION
-        if version > _FORMAT_VERSION:
-            raise ValueError(f"InputStats state has format version {version}; this sparsekit reads <= {_FORMAT_VERSION}")
+        version = int(d["version"].reshape(-1)[0]) if "version" in d else FORMAT_VERSION
+        if version > FORMAT_VERSION:
+            raise ValueError(f"InputStats state has format version {version}; this sparsekit reads <= {FORMAT_VERSION}")
         sq = d["sq_norm"]
         dim = sq.numel()
         dev = device if device is not None else sq.device

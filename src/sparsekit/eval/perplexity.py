@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sparsekit.models import model_device
+from sparsekit.anatomy import model_device
 
 
 @dataclass

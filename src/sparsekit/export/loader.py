@@ -13,17 +13,15 @@ sit under ``compression_config`` (compressed-tensors 0.4-0.6) instead of
 through a dense copy and checked to be 2:4. Quantized checkpoints (``config_groups`` as an
 object) are refused; sparsekit's own exports carry the string marker
 :data:`~sparsekit.export.writer.LOAD_HINT` there (see :mod:`sparsekit.export.writer`).
-Every safetensors file is checked first (:func:`~sparsekit.export.files.check_safetensors`),
+Every safetensors file is checked first (:func:`~sparsekit.files.layout.check_safetensors`),
 so a truncated file is one line naming it, not a traceback.
 
 Compressed checkpoints are built weightless on the meta device (accelerate's
 ``init_empty_weights``; buffers such as rotary frequencies stay real), then every stored
 tensor is assigned in place as it is read, so memory holds the model once.
 
-The contents of ``sparsekit.json`` (recipe, per-layer sparsity, export section and, when
-present, the ``activation`` thresholds) are attached as ``model.sparsekit_meta`` (None
-without the file). Activation sparsity is *not* applied here: the activation-sparsity
-feature reads ``model.sparsekit_meta["activation"]`` and installs its hooks itself.
+Metadata (``sparsekit.json``), the tokenizer and saved activation thresholds are added by
+:func:`sparsekit.loading.load`, which returns them with the model in one value.
 """
 
 from __future__ import annotations
@@ -36,15 +34,19 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from sparsekit.anatomy import set_submodule
+from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
-from sparsekit.export.files import META_FILE, check_safetensors, weight_files
-from sparsekit.export.formats import (BITMASK, SPARSE24, bitmask24_to_packed, decompress,
-                                      unpack_bitmask)
-from sparsekit.export.writer import DTYPES
+from sparsekit.export.codecs import FORMATS
+from sparsekit.export.formats import bitmask24_to_packed, decompress, unpack_bitmask
+from sparsekit.files.layout import check_safetensors, weight_files
+from sparsekit.files.meta import read_meta
+from sparsekit.kernels.sparse24 import pack_24
+from sparsekit.runtime.sparse24_linear import Sparse24Linear
 
-__all__ = ["check_safetensors", "describe", "is_export", "load"]
+__all__ = ["describe", "is_export", "load_export", "load_tokenizer"]
 
-_BY_CT_FORMAT = {SPARSE24: "sparse24", BITMASK: "bitmask", "dense": "dense"}
+_BY_CT_FORMAT = {codec.ct_format: name for name, codec in FORMATS.items()}
 _PARTS = ("compressed", "bitmask", "shape", "row_offsets")
 # safetensors dtype code -> (torch name, bytes per element)
 _ST_DTYPES = {"BF16": ("bfloat16", 2), "F16": ("float16", 2), "F32": ("float32", 4),
@@ -77,9 +79,9 @@ def is_export(path: str | Path) -> str | None:
         fmt = (block.get("sparsity_config") or {}).get("format")
         if fmt in _BY_CT_FORMAT:
             return _BY_CT_FORMAT[fmt]
-    meta = _json(path / META_FILE) or {}
+    meta = _json(path / "sparsekit.json") or {}  # a damaged file is reported by read_meta on loading
     export = meta.get("export")
-    if isinstance(export, dict) and export.get("format") in ("sparse24", "bitmask", "dense"):
+    if isinstance(export, dict) and export.get("format") in FORMATS:
         return export["format"]
     return None
 
@@ -127,9 +129,6 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> bool:
 def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remote_code: bool):
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from sparsekit.runtime.sparse24_linear import Sparse24Linear
-    from sparsekit.kernels.sparse24 import pack_24
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     block = getattr(config, "quantization_config", None) or getattr(
@@ -191,9 +190,7 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
                     raise UsageError(f"{path}: {prefix} is stored as sparse-24-bitmask but is "
                                      f"not 2:4 ({exc}): export it again, or as --format "
                                      "bitmask") from None
-            parent, _, child = prefix.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child,
-                    Sparse24Linear.from_packed(packed, bias=bias))
+            set_submodule(model, prefix, Sparse24Linear.from_packed(packed, bias=bias))
         else:
             linear.weight = nn.Parameter(_decode(path, prefix, parts), requires_grad=False)
     model.tie_weights()
@@ -219,7 +216,9 @@ def _decode(path: Path, prefix: str, parts: dict) -> torch.Tensor:
         raise UsageError(f"{path}: {prefix} cannot be decoded ({exc}): export it again") from None
 
 
-def _tokenizer(path: Path, trust_remote_code: bool):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer saved in an export directory, or None when it has none."""
+    path = Path(path)
     names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / n).exists() for n in names):
         return None
@@ -228,18 +227,14 @@ def _tokenizer(path: Path, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
-         trust_remote_code: bool = False, activation: str | None = "auto"):
-    """Load an exported (or plain pruned) model directory: returns ``(model, tokenizer)``.
-
-    ``dtype`` None keeps the checkpoint's dtype. The model is in eval mode on ``device``
-    and carries ``model.sparsekit_meta`` (the sparsekit.json dict, or None).
-
-    Activation-sparsity thresholds saved with the model (``sparsekit-activation.safetensors``)
-    are installed as runtime modules (:mod:`sparsekit.runtime.act_sparse`): ``activation``
-    "auto" uses the recorded mode, "all" or "decode" overrides it, "off" leaves the model dense.
-    """
+def load_export(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
+                trust_remote_code: bool = False) -> nn.Module:
+    """The model of an exported (or plain pruned) directory, in eval mode on ``device``: the
+    compressed layers as their codec's runtime modules. ``dtype`` None keeps the checkpoint's.
+    (`sparsekit.load` adds the tokenizer, the metadata and the saved activation thresholds.)"""
     path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such directory: give an exported or pruned model directory")
     if not (path / "config.json").is_file():
         raise UsageError(f"{path}: no config.json: give an exported or pruned model directory")
     check_safetensors(path)
@@ -258,23 +253,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | torch.dtype | None 
             path, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code)
     model.eval()
     model.to(device)
-    model.sparsekit_meta = _json(path / META_FILE)
-    install_saved_activation(model, path, activation)
-    return model, _tokenizer(path, trust_remote_code)
-
-
-def install_saved_activation(model: nn.Module, path: str | Path, activation: str | None = "auto") -> dict | None:
-    """Install the activation thresholds saved in ``path`` (if any) into ``model``: ``activation``
-    "auto" (the recorded mode), "all", "decode" or "off"/None (nothing installed). Returns the
-    recipe installed, or None."""
-    if activation in (None, "off"):
-        return None
-    if activation not in ("auto", "all", "decode"):
-        raise UsageError(f"unknown activation mode {activation!r}: use auto, all, decode or off")
-    from sparsekit.activation.store import apply_activation
-
-    section = (getattr(model, "sparsekit_meta", None) or {}).get("activation")
-    return apply_activation(model, path, mode=None if activation == "auto" else activation, section=section)
+    return model
 
 
 def _nbytes(slice_) -> int:
@@ -300,7 +279,7 @@ def describe(path: str | Path) -> dict:
         raise UsageError(f"{path}: not an exported model (no compressed-tensors sparsity "
                          "config and no export section in sparsekit.json)")
     check_safetensors(path)
-    meta = _json(path / META_FILE)
+    meta = read_meta(path)
     files = weight_files(path)
     where = _key_index(path)
     linear = dense = kept = numel = layers = 0

@@ -50,14 +50,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sparsekit.atomic import atomic_directory, check_output
+from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
-from sparsekit.export.files import (INDEX_FILE, META_FILE, check_safetensors, side_files,
-                                    weight_files)
-from sparsekit.export.formats import (BITMASK, SPARSE24, compress_24, compress_bitmask,
-                                      not_24_groups)
-
-FORMATS = {"sparse24": SPARSE24, "bitmask": BITMASK, "dense": "dense"}
+from sparsekit.export.codecs import FORMATS
+from sparsekit.export.formats import compress_24, compress_bitmask, not_24_groups
+from sparsekit.files.atomic import atomic_directory, check_output
+from sparsekit.files.layout import INDEX_FILE, check_safetensors, side_files, weight_files
+from sparsekit.files.meta import META_FILE, read_meta, write_meta
+from sparsekit.version import __version__
 # The last compressed-tensors release line that can read (decompress) the sparse formats;
 # written as the block's "version" because loaders of that era expect the key.
 COMPRESSED_TENSORS_VERSION = "0.14.0"
@@ -65,7 +65,6 @@ DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 # Where compressed-tensors expects an object: transformers + compressed-tensors refuse the
 # checkpoint and quote this string whole (pydantic cuts quoted inputs longer than 50 chars).
 LOAD_HINT = "sparse export: load it with sparsekit.load(path)"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors total, tensor name)
 
 
@@ -159,7 +158,7 @@ def sparsity_block(fmt: str, targets: list[str], all_linears: list[str], global_
 def check_export_paths(src: str | Path, out: str | Path, overwrite: bool) -> None:
     """Everything about the input and output directories that can be refused before reading a
     tensor: ``src`` is a pruned directory with intact safetensors weights, ``out`` may be
-    written (:func:`~sparsekit.atomic.check_output`) and does not overlap ``src``."""
+    written (:func:`~sparsekit.files.atomic.check_output`) and does not overlap ``src``."""
     src, out = Path(src), Path(out)
     if not (src / "config.json").is_file():
         raise UsageError(f"{src}: no config.json: give the directory `sparsekit prune` wrote")
@@ -197,8 +196,6 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     any format), compressed_layers (0 for dense), global_sparsity, dtype, side_files,
     compressed_tensors_compat, seconds.
     """
-    from sparsekit import __version__
-
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
@@ -211,7 +208,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     if config.get("quantization_config") or config.get("compression_config"):
         raise UsageError(f"{src}: already quantized or compressed (config.json has a "
                          "quantization_config): export the directory `sparsekit prune` wrote")
-    meta = _read_json(src / META_FILE)
+    meta = read_meta(src, required=True)
     targets = sorted(meta.get("layers") or {})
     if not targets and format != "dense":
         raise UsageError(f"{src}/{META_FILE} lists no pruned layers: nothing to compress")
@@ -272,7 +269,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
             except Exception:  # custom architectures: fall back to the usual head name
                 linears = ["lm_head"]
             config["quantization_config"] = sparsity_block(
-                FORMATS[format], targets, linears, global_sparsity, structure,
+                FORMATS[format].ct_format, targets, linears, global_sparsity, structure,
                 compat=compressed_tensors_compat)
         if cast is not None:
             config["dtype"] = dtype
@@ -293,9 +290,9 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
                                                      and format != "dense")}
         meta_out = dict(meta)
         meta_out["export"] = {"sparsekit_version": __version__,
-                              "compressed_tensors_format": FORMATS[format],
+                              "compressed_tensors_format": FORMATS[format].ct_format,
                               **{k: v for k, v in summary.items() if k != "out_dir"}}
-        (tmp / META_FILE).write_text(json.dumps(meta_out, indent=2) + "\n")
+        write_meta(tmp, meta_out)
         _copy_side_files(src, tmp, files)
     summary["seconds"] = time.perf_counter() - start
     return summary

@@ -5,7 +5,7 @@ Layout: the weight is passed transposed and contiguous, ``wt = W.T`` of shape [K
 the N weights of one input channel are contiguous (TEAL's layout): a masked-out channel is a
 masked-out row of the tile, which is not read from memory.
 
-Mask, computed in registers with the runtime's rule (`sparsekit.runtime.act_sparse`):
+Mask, computed in registers with the runtime's rule (`sparsekit.kernels.act_sparse`):
 ``keep[m, k] = float32(|x[m, k]|) * scale[k] > threshold[k]`` (scale 1 without one; threshold
 scalar or per channel). For M > 1 a channel's weight row is read when any row keeps it (the
 union of the masks), and each row uses its own mask in the product.
@@ -16,7 +16,7 @@ Grid: (N tiles, K splits). Each program accumulates its K slice in fp32 and writ
 the result is cast to x's dtype. TEAL's kernel instead adds fp16 partials atomically (fp16 only,
 batch 1, non-deterministic order).
 
-No speed is claimed here: it is checked for correctness against `act_sparse_mm_reference`
+No speed is claimed here: it is checked for correctness against `sparsekit.kernels.act_sparse.act_sparse_mm_reference`
 (also under ``TRITON_INTERPRET=1`` on CPU tensors; the interpreter's bf16 arithmetic is not
 trusted, so CPU tests use fp32/fp16 inputs).
 """
@@ -27,13 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_M", "act_sparse_mm", "act_sparse_mm_reference"]
+__all__ = ["MAX_M", "act_sparse_mm"]
 
 MAX_M = 16
 
 
 @triton.jit
-def _act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
+def act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
                        PER_CHANNEL: tl.constexpr, HAS_SCALE: tl.constexpr,
                        BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -66,19 +66,6 @@ def _act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
     tl.store(base + offs_m[:, None] * N + offs_n[None, :], acc, mask=in_m[:, None] & in_n[None, :])
 
 
-def act_sparse_mm_reference(x: torch.Tensor, wt: torch.Tensor, threshold, scale: torch.Tensor | None = None,
-                            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain torch: mask x with the runtime rule, multiply by ``wt`` ([K, N]) in fp32, add bias,
-    cast to x's dtype."""
-    from sparsekit.runtime.act_sparse import act_sparse_reference
-
-    masked = act_sparse_reference(x, threshold, scale).to(torch.float32)
-    y = masked @ wt.to(torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y.to(x.dtype)
-
-
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -105,7 +92,7 @@ def act_sparse_mm(x: torch.Tensor, wt: torch.Tensor, threshold: torch.Tensor, sc
     splits = triton.cdiv(k, bk)
     partial = torch.empty(splits, m, n, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(n, bn), splits)
-    _act_sparse_kernel[grid](x2, wt, thr, sc if sc is not None else thr, partial, m, n, k,
+    act_sparse_kernel[grid](x2, wt, thr, sc if sc is not None else thr, partial, m, n, k,
                              x2.stride(0), wt.stride(0), PER_CHANNEL=per_channel, HAS_SCALE=sc is not None,
                              BM=max(_pow2(m), 1), BK=bk, BN=bn, num_warps=num_warps)
     y = partial.sum(0)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _obs_block_kernel(W, stride_w, P, stride_p, E, stride_e, U, stride_u, D, INVD2,
+def obs_block_kernel(W, stride_w, P, stride_p, E, stride_e, U, stride_u, D, INVD2,
                       rows, count,
                       NM_N: tl.constexpr, NM_M: tl.constexpr,
                       BR: tl.constexpr, BC: tl.constexpr):
@@ -90,7 +90,7 @@ def obs_block_(w1: torch.Tensor, u1: torch.Tensor, d1: torch.Tensor,
     bc = triton.next_power_of_2(count)
     br = max(1, min(16, 2048 // bc))
     d = d1.contiguous()
-    _obs_block_kernel[(triton.cdiv(rows, br),)](
+    obs_block_kernel[(triton.cdiv(rows, br),)](
         w1, w1.stride(0), p, p.stride(0), err, err.stride(0), u1, u1.stride(0), d, invd2,
         rows, count, NM_N=n, NM_M=m, BR=br, BC=bc, num_warps=4)
     return err, p.bool()

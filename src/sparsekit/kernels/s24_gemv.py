@@ -112,7 +112,7 @@ def _step(acc0, acc1, acc2, acc3, X, M, K, g0, vals, words, stride_xm,
 
 
 @triton.jit
-def _s24_gemv_kernel(X, V, MT, OUT, WS, CNT, B, M, N, K, G, ITERS, S, stride_xm, stride_om,
+def s24_gemv_kernel(X, V, MT, OUT, WS, CNT, B, M, N, K, G, ITERS, S, stride_xm, stride_om,
                      BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, PG: tl.constexpr,
                      PREFETCH: tl.constexpr, REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      X_PACKED: tl.constexpr):

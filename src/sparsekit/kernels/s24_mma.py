@@ -42,7 +42,7 @@ def _mma_step(acc, X, rm, M, K, g0, vals, words, stride_xm, BN: tl.constexpr,
 
 
 @triton.jit
-def _s24_mma_kernel(X, V, MT, OUT, WS, CNT, B, M, N, K, G, ITERS, S, stride_xm, stride_om,
+def s24_mma_kernel(X, V, MT, OUT, WS, CNT, B, M, N, K, G, ITERS, S, stride_xm, stride_om,
                     BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, PG: tl.constexpr,
                     GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, REDUCE: tl.constexpr,
                     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr):

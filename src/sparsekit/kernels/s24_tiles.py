@@ -18,7 +18,7 @@ arriver reduces": every split stores its fp32 partial to a workspace ``[S, M, N]
 sees ``S - 1`` sums the S partials **in index order 0..S-1** (so the result does not depend
 on which split finished last: deterministic), adds the bias, stores ``y`` and resets the
 counter to 0 for the next launch. No atomics touch the output and nobody spins. 2 = store
-the partial only; a separate kernel (:func:`_s24_reduce_kernel`) sums in the same order.
+the partial only; a separate kernel (:func:`s24_reduce_kernel`) sums in the same order.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def finish_tile(acc, OUT, WS, CNT, B, rn, rm, M, N, tile, pid_s, S, stride_om,
 
 
 @triton.jit
-def _s24_reduce_kernel(WS, OUT, B, M, N, S, stride_om, HAS_BIAS: tl.constexpr,
+def s24_reduce_kernel(WS, OUT, B, M, N, S, stride_om, HAS_BIAS: tl.constexpr,
                        BLOCK: tl.constexpr):
     """``y = sum_s WS[s] (+ bias)`` for REDUCE == 2, partials summed in index order."""
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsekit.kernels.s24_gemv import _s24_gemv_kernel
-from sparsekit.kernels.s24_mma import _s24_mma_kernel
-from sparsekit.kernels.s24_tiles import _s24_reduce_kernel, expand_dense, load_tile
+from sparsekit.kernels.s24_gemv import s24_gemv_kernel
+from sparsekit.kernels.s24_mma import s24_mma_kernel
+from sparsekit.kernels.s24_tiles import s24_reduce_kernel, expand_dense, load_tile
 
 REDUCE = {"none": 0, "serial": 1, "kernel": 2}
 GEMV_MAX_M = 4
@@ -194,21 +194,21 @@ def sparse24_mm(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, in_fe
             if x.stride(0) % 4 or x.data_ptr() % 8:
                 x = x.contiguous()
             args = (x.view(torch.int64),) + args[1:13] + (x.stride(0) // 4, out.stride(0))
-        _s24_gemv_kernel[(tiles, split)](*args, X_PACKED=packed, **common)
+        s24_gemv_kernel[(tiles, split)](*args, X_PACKED=packed, **common)
     else:
         if upcast is None:
             upcast = x.dtype == torch.float32 or interpreting()
-        _s24_mma_kernel[(tiles, split)](*args, GROUP_M=8, UPCAST=upcast, **common)
+        s24_mma_kernel[(tiles, split)](*args, GROUP_M=8, UPCAST=upcast, **common)
     if reduce == 2:
         block = 1024
-        _s24_reduce_kernel[(triton.cdiv(m * n, block),)](
+        s24_reduce_kernel[(triton.cdiv(m * n, block),)](
             ws, out, b, m, n, split, out.stride(0), HAS_BIAS=has_bias, BLOCK=block,
             num_warps=4)
     return out
 
 
 @triton.jit
-def _s24_decompress_kernel(V, MT, W, N, K, G, stride_wn, BN: tl.constexpr, BG: tl.constexpr,
+def s24_decompress_kernel(V, MT, W, N, K, G, stride_wn, BN: tl.constexpr, BG: tl.constexpr,
                            PG: tl.constexpr):
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     g0 = tl.program_id(1) * BG
@@ -227,7 +227,7 @@ def sparse24_decompress(values: torch.Tensor, meta: torch.Tensor, in_features: i
     bg = min(pg, 32)
     w = torch.empty((n, in_features), device=values.device, dtype=values.dtype)
     grid = (triton.cdiv(n, bn), p * pg // bg)
-    _s24_decompress_kernel[grid](values, meta, w, n, in_features, p * pg, w.stride(0),
+    s24_decompress_kernel[grid](values, meta, w, n, in_features, p * pg, w.stride(0),
                                  BN=bn, BG=bg, PG=pg, num_warps=4)
     return w
 

@@ -98,8 +98,8 @@ from dataclasses import dataclass
 import torch
 
 from sparsekit.calibrate.stats import ieee_fp32_matmul
-from sparsekit.prune import masks as _masks
-from sparsekit.prune.masks import _prune_lowest
+from sparsekit.prune import masks
+from sparsekit.prune.masks import prune_lowest
 
 __all__ = ["DSnoTResult", "dsnot_refine", "expected_error", "row_scale"]
 
@@ -142,7 +142,7 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 def _chunks(rows: int, cols: int):
-    step = max(1, _masks._CHUNK_ELEMS // max(cols, 1))  # the same row chunks as the masks
+    step = max(1, masks.CHUNK_ELEMS // max(cols, 1))  # the same row chunks as the masks
     for r0 in range(0, rows, step):
         yield r0, min(rows, r0 + step)
 
@@ -198,7 +198,7 @@ def _select_ordered(key: torch.Tensor, k: int, largest: bool, valid) -> tuple[to
         if bool(tie.any()):
             bad = tie.nonzero().squeeze(1)
             sub = key[bad]
-            bidx = _prune_lowest(sub.neg() if largest else sub, k).nonzero()[:, 1].view(-1, k)
+            bidx = prune_lowest(sub.neg() if largest else sub, k).nonzero()[:, 1].view(-1, k)
             bvals, order = sub.gather(1, bidx).sort(dim=1, stable=True, descending=largest)
             idx[bad, :k] = bidx.gather(1, order)
             vals[bad, :k] = bvals

@@ -21,6 +21,8 @@ from fractions import Fraction
 import torch
 
 __all__ = [
+    "CHUNK_ELEMS",
+    "prune_lowest",
     "parse_pattern",
     "num_pruned",
     "magnitude_mask",
@@ -31,7 +33,7 @@ __all__ = [
     "apply_mask_",
 ]
 
-_CHUNK_ELEMS = 1 << 22  # rows are processed in chunks of about this many scores
+CHUNK_ELEMS = 1 << 22  # rows are processed in chunks of about this many scores
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -65,7 +67,7 @@ def num_pruned(n: int, sparsity: float) -> int:
     return math.floor(n * Fraction(repr(p)))
 
 
-def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask pruning exactly the `k` lowest entries of each row of a 2-D tensor.
 
     Ties: the lower column index is pruned first (stable order). Short rows
@@ -78,7 +80,7 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
         return mask
     if k >= cols:
         return mask.fill_(True)
-    step = max(1, _CHUNK_ELEMS // cols)
+    step = max(1, CHUNK_ELEMS // cols)
     for r0 in range(0, rows, step):
         chunk = scores[r0 : r0 + step]
         # short rows (N:M groups), and one long row on CUDA, where k-th value selection runs
@@ -92,7 +94,7 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _prune_lowest_select(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Same contract as `_prune_lowest` via k-th value selection plus tie ranking."""
+    """Same contract as `prune_lowest` via k-th value selection plus tie ranking."""
     thresh = scores.kthvalue(k, dim=1, keepdim=True).values
     below = scores < thresh
     tie = scores == thresh
@@ -113,7 +115,7 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     Ties: lower column index pruned first (stable sort).
     """
     s = _as_2d_scores(scores, "row_mask")
-    return _prune_lowest(s, num_pruned(s.shape[1], sparsity))
+    return prune_lowest(s, num_pruned(s.shape[1], sparsity))
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -131,7 +133,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
             f"{n}:{m} sparsity needs in_features divisible by {m}, but this layer has "
             f"in_features={cols} (out_features={rows}); {cols} % {m} = {cols % m}"
         )
-    return _prune_lowest(s.reshape(-1, m), n).reshape(rows, cols)
+    return prune_lowest(s.reshape(-1, m), n).reshape(rows, cols)
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, per_row: bool = False) -> torch.Tensor:
@@ -151,7 +153,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, per_row: bool = False)
     if per_row:
         return row_mask(scores, sparsity)
     k = num_pruned(scores.numel(), sparsity)
-    return _prune_lowest(scores.reshape(1, -1), k).reshape(w.shape)
+    return prune_lowest(scores.reshape(1, -1), k).reshape(w.shape)
 
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ from torch import nn
 from sparsekit.calibrate.engine import EngineTimes, run_sequential
 from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import NumericalError, UsageError
-from sparsekit.models import decoder_layers
+from sparsekit.files.allocation import load_allocation_file
+from sparsekit.anatomy import decoder_layers
 from sparsekit.prune.methods import METHODS, SelectArgs, Selection
 from sparsekit.prune.recipe import Recipe, check_against_model
 
@@ -120,8 +121,6 @@ def plan_sparsity(model: nn.Module, recipe: Recipe, targets: Mapping[str, nn.Mod
     if recipe.layerwise == "uniform":
         return {layer: recipe.sparsity for layer in groups}, None, times
     if recipe.allocation_file is not None:
-        from sparsekit.prune.allocation import load_allocation_file
-
         values = load_allocation_file(recipe.allocation_file, list(groups))
         return dict(zip(groups, values)), None, times
 

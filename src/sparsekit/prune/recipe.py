@@ -22,7 +22,7 @@ from sparsekit.data import SAMPLING as SAMPLINGS
 from sparsekit.errors import UsageError
 from sparsekit.prune.masks import parse_pattern
 from sparsekit.prune.methods import METHODS
-from sparsekit.runtime.act_sparse import MODES as ACT_MODES
+from sparsekit.runtime.act_sparse import ACT_MODES
 
 LAYERWISE = ("uniform", "owl", "dlp")
 REFINERS = ("none", "dsnot")

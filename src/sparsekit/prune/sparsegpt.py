@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsekit.calibrate.stats import ieee_fp32_matmul
-from sparsekit.prune.masks import _prune_lowest, num_pruned
+from sparsekit.prune.masks import prune_lowest, num_pruned
 
 __all__ = ["SparseGPTResult", "sparsegpt_prune", "inverse_hessian_factor"]
 
@@ -225,14 +225,14 @@ def _blocked_obs(
         elif nm is None:
             scores = w1.square() * inv_d2[:, None]
             k = num_pruned(rows * count, sparsity)
-            mask1 = _prune_lowest(scores.T.reshape(1, -1), k).reshape(rows, count).T.contiguous()
+            mask1 = prune_lowest(scores.T.reshape(1, -1), k).reshape(rows, count).T.contiguous()
         else:
             mask1 = torch.zeros(count, rows, dtype=torch.bool, device=w.device)
         for i in range(count):
             if fixed is None and nm is not None and i % nm[1] == 0:
                 g = slice(i, i + nm[1])
                 scores = (w1[g] * inv_d2[g, None] * w1[g]).T  # [rows, M]
-                mask1[g] = _prune_lowest(scores, nm[0]).T
+                mask1[g] = prune_lowest(scores, nm[0]).T
             col = w1[i]
             q = col.masked_fill(mask1[i], 0.0)
             torch.div(col - q, d1[i], out=err1[i])
@@ -271,7 +271,7 @@ def _obs_block_triton(w: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, spar
     elif nm is None:
         scores = w1.square() * inv_d2[None, :]
         k = num_pruned(rows * (i2 - i1), sparsity)
-        prune = _prune_lowest(scores.reshape(1, -1), k).view(rows, i2 - i1)
+        prune = prune_lowest(scores.reshape(1, -1), k).view(rows, i2 - i1)
         err1, block_mask = obs_block_(w1, u1, d1, prune=prune)
     else:
         err1, block_mask = obs_block_(w1, u1, d1, inv_d2=inv_d2, nm=nm)

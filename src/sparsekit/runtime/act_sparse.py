@@ -29,34 +29,34 @@ sparsified calls, and tokens in sparsified / dense calls; `activation_sparsity_r
 aggregates them per layer type. Thresholds and scales are non-persistent buffers too, and the
 wrapper's state_dict uses the wrapped module's own names (``q_proj.weight``, not
 ``q_proj.inner.weight``), so ``save_pretrained`` of a model with sparsity installed still writes
-a plain dense checkpoint; thresholds live in their own file (`sparsekit.activation.store`).
+a plain dense checkpoint; thresholds live in their own file (`sparsekit.files.thresholds`).
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from sparsekit.anatomy import Wrapper, decoder_layers, linear_kind, set_submodule
 from sparsekit.errors import UsageError
 
 __all__ = [
-    "MODES",
+    "ACT_MODES",
     "ActSparse",
-    "act_sparse_reference",
     "activation_modules",
     "activation_sparsity_report",
+    "activation_tensors",
+    "check_mode",
     "count_activation",
     "install_activation_sparsity",
-    "masked_linear_reference",
     "remove_activation_sparsity",
     "reset_activation_counters",
     "set_activation_mode",
 ]
 
-MODES = ("all", "decode")
+ACT_MODES = ("all", "decode")   # the one vocabulary of activation-sparsity modes
 WHERE = ("input", "output")
 _HOOKS_ATTR = "_sparsekit_activation_hooks"
 
@@ -83,7 +83,7 @@ def _channels(inner: nn.Module, where: str) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-class ActSparse(nn.Module):
+class ActSparse(Wrapper):
     """Wrap ``inner`` and zero, per token, its input (or output) entries of low importance.
 
     Args:
@@ -100,8 +100,7 @@ class ActSparse(nn.Module):
         super().__init__()
         if where not in WHERE:
             raise ValueError(f"where must be one of {WHERE}, got {where!r}")
-        if mode not in MODES:
-            raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+        check_mode(mode)
         self.inner = inner
         self.where, self.mode, self.count, self.enabled = where, mode, bool(count), True
         self._phase: _Phase | None = None
@@ -217,42 +216,18 @@ def _nest_state_dict(module: ActSparse, state_dict, prefix: str, local_metadata,
         state_dict[nested + k[len(prefix):]] = state_dict.pop(k)
 
 
-# ---------------------------------------------------------------- references
-def act_sparse_reference(x: torch.Tensor, threshold, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain-torch definition of the mask, token by token: keep x[t, i] iff
-    ``float32(|x[t, i]|) * float32(scale[i]) > float32(threshold[i])`` (scale 1 when None)."""
-    flat = x.reshape(-1, x.shape[-1])
-    thr = torch.as_tensor(threshold, dtype=torch.float32).expand(x.shape[-1])
-    sc = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-    rows = []
-    for token in flat:
-        imp = token.to(torch.float32).abs()
-        if sc is not None:
-            imp = imp * sc.to(imp.device)
-        rows.append(torch.where(imp > thr.to(imp.device), token, torch.zeros_like(token)))
-    return torch.stack(rows).reshape(x.shape) if rows else x.clone()
-
-
-def masked_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                            threshold, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` of the masked input (`act_sparse_reference`)."""
-    return torch.nn.functional.linear(act_sparse_reference(x, threshold, scale), weight, bias)
-
-
 # ----------------------------------------------------------------- installer
 def activation_modules(model: nn.Module) -> dict[str, ActSparse]:
     """Installed wrappers by the full name of the module they replaced."""
     return {name: m for name, m in model.named_modules() if isinstance(m, ActSparse)}
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+def check_mode(mode: str) -> None:
+    if mode not in ACT_MODES:
+        raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(ACT_MODES)}")
 
 
 def _phase_hooks(model: nn.Module, phase: _Phase) -> None:
-    from sparsekit.models import decoder_layers
-
     for handle in getattr(model, _HOOKS_ATTR, []):
         handle.remove()
 
@@ -279,8 +254,7 @@ def install_activation_sparsity(model: nn.Module, spec: dict, tensors: dict[str,
     if not isinstance(sites, dict) or not sites:
         raise UsageError("the activation section has no sites: re-run `sparsekit prune --activation ...`")
     mode = mode or spec.get("mode") or "all"
-    if mode not in MODES:
-        raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+    check_mode(mode)
     phase = _Phase()
     out: dict[str, ActSparse] = {}
     for name, info in sites.items():
@@ -305,7 +279,7 @@ def install_activation_sparsity(model: nn.Module, spec: dict, tensors: dict[str,
             except ValueError as exc:
                 raise UsageError(f"activation site {name!r}: {exc}; the thresholds were made for "
                                  "another model") from None
-            _set_submodule(model, name, wrapper)
+            set_submodule(model, name, wrapper)
         wrapper._phase = phase
         out[name] = wrapper
     _phase_hooks(model, phase)
@@ -316,7 +290,7 @@ def remove_activation_sparsity(model: nn.Module) -> int:
     """Put the wrapped modules back; returns how many wrappers were removed."""
     found = activation_modules(model)
     for name, wrapper in sorted(found.items(), key=lambda kv: -kv[0].count(".")):
-        _set_submodule(model, name, wrapper.inner)
+        set_submodule(model, name, wrapper.inner)
     for handle in getattr(model, _HOOKS_ATTR, []):
         handle.remove()
     if hasattr(model, _HOOKS_ATTR):
@@ -326,8 +300,8 @@ def remove_activation_sparsity(model: nn.Module) -> int:
 
 def set_activation_mode(model: nn.Module, mode: str | None = None, enabled: bool | None = None) -> None:
     """Change the mode and/or switch every installed wrapper on or off."""
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"unknown activation-sparsity mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode is not None:
+        check_mode(mode)
     for m in activation_modules(model).values():
         if mode is not None:
             m.mode = mode
@@ -342,13 +316,20 @@ def count_activation(model: nn.Module, on: bool = True) -> None:
         m.count = bool(on)
 
 
+def activation_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The thresholds (and scales) of the wrappers installed in `model`, named as on disk
+    (``<module>.threshold``, ``<module>.scale``)."""
+    out = {}
+    for name, m in activation_modules(model).items():
+        out[f"{name}.threshold"] = m.threshold.detach().to("cpu").clone()
+        if m.scale is not None:
+            out[f"{name}.scale"] = m.scale.detach().to("cpu").clone()
+    return out
+
+
 def reset_activation_counters(model: nn.Module) -> None:
     for m in activation_modules(model).values():
         m.reset_counters()
-
-
-def _layer_type(name: str) -> str:
-    return re.sub(r"^.*?\.\d+\.", "", name)
 
 
 def activation_sparsity_report(model: nn.Module) -> dict[str, dict]:
@@ -357,7 +338,7 @@ def activation_sparsity_report(model: nn.Module) -> dict[str, dict]:
     "sparsified_tokens": fraction of tokens that went through a sparsified call, "layers": n}}``."""
     acc: dict[str, list[int]] = OrderedDict()
     for name, m in activation_modules(model).items():
-        a = acc.setdefault(_layer_type(name), [0, 0, 0, 0, 0])
+        a = acc.setdefault(linear_kind(name), [0, 0, 0, 0, 0])
         a[0] += int(m.zeroed)
         a[1] += int(m.entries)
         a[2] += int(m.tokens_sparse)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsekit.anatomy import CompressedLinear, set_submodule
 from sparsekit.kernels import cusparselt
 from sparsekit.kernels.panel24 import Panel24, from_panels, to_panels
 from sparsekit.kernels.sparse24 import Packed24, check_24, pack_24, unpack_24
@@ -61,7 +62,7 @@ def _(x, values, meta, in_features, bias, cslt):
     return x.new_empty((x.shape[0], values.shape[1]))
 
 
-class Sparse24Linear(nn.Module):
+class Sparse24Linear(CompressedLinear):
     """Linear layer with an exactly-2:4 weight [out, in], stored in panel layout.
 
     Buffers: ``values`` [P, N, 2*PG] (model dtype), ``meta`` int16 [P, N, PG/4], ``bias``
@@ -157,12 +158,6 @@ def is_24(weight: torch.Tensor) -> bool:
     return True
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def sparsify_model_24(model: nn.Module, names=None, cusparselt: bool = False,
                       panel_groups: int = dispatch24.PANEL_GROUPS) -> list[str]:
     """Swap every ``nn.Linear`` whose weight is exactly 2:4 along its input dim (optionally
@@ -179,7 +174,7 @@ def sparsify_model_24(model: nn.Module, names=None, cusparselt: bool = False,
         new = Sparse24Linear.from_dense(module, panel_groups)
         if cusparselt:
             new.enable_cusparselt()
-        _swap(model, name, new)
+        set_submodule(model, name, new)
         swapped.append(name)
     return swapped
 
@@ -189,5 +184,5 @@ def densify_model_24(model: nn.Module) -> list[str]:
     ``nn.Linear`` with zeros in the pruned positions (its "dense twin"); returns the names."""
     names = [n for n, m in model.named_modules() if isinstance(m, Sparse24Linear)]
     for name in names:
-        _swap(model, name, model.get_submodule(name).to_linear())
+        set_submodule(model, name, model.get_submodule(name).to_linear())
     return names

@@ -30,7 +30,9 @@ import time
 import torch
 from torch import nn
 
+from sparsekit.anatomy import prunable_linears
 from sparsekit.errors import UsageError
+from sparsekit.prune.masks import apply_mask_, nm_mask
 from sparsekit.runtime.decode import DecodeRuntime
 from sparsekit.runtime.sparse24_linear import (
     Sparse24Linear,
@@ -72,9 +74,6 @@ RANDOM_MODELS = {
 
 def prune_24_(model: nn.Module) -> list[str]:
     """Magnitude 2:4 on every prunable linear of the decoder layers (not lm_head), in place."""
-    from sparsekit.models import prunable_linears
-    from sparsekit.prune.masks import apply_mask_, nm_mask
-
     pruned = []
     for name, lin in prunable_linears(model).items():
         if lin.in_features % 4 == 0:

@@ -6,9 +6,10 @@
   did not write; it is the current directory (or contains it); its location is not writable.
 * :func:`atomic_directory` / :func:`atomic_file`: the result is built in a hidden temporary
   beside the target and renamed into place at the end. On any error, Ctrl-C or SIGTERM (after
-  :func:`install_signal_handlers`, which makes it raise :class:`Terminated`) the temporary is
+  :func:`sparsekit.signals.install_signal_handlers`) the temporary is
   removed and an existing output is left untouched: the old output is moved aside only once
-  the new one is complete, and moved back if the final rename fails.
+  the new one is complete, and moved back if the final rename fails. (Signals become exceptions
+  in :mod:`sparsekit.signals`.)
 * Temporaries are named ``.<name>.sparsekit-<label>-<pid>-<host>-<random>``; a later run for
   the same output removes those whose process is gone (same host, pid not running), so a
   ``kill -9`` or power cut does not leave hundreds of MB behind for good. A temporary of a
@@ -23,52 +24,18 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sparsekit.errors import UsageError
+from sparsekit.files.layout import STATS_FORMAT, sparsekit_metadata
+from sparsekit.files.meta import META_FILE
 
-SPARSEKIT_MARKER = "sparsekit.json"  # every directory sparsekit writes holds it
+SPARSEKIT_MARKER = META_FILE  # every directory sparsekit writes holds it
 _LIVE: set[str] = set()  # temporaries of this process (its own pid may be a reused one)
-
-
-# --- signals -------------------------------------------------------------------------------
-
-class Terminated(SystemExit):
-    """Raised in the main thread when SIGTERM or SIGHUP arrives (after
-    :func:`install_signal_handlers`). A ``SystemExit`` with code 128 + signal number (143 for
-    SIGTERM): ``finally`` blocks and context managers run, ``except Exception`` does not catch
-    it, and Typer/Click pass it through (they turn ``KeyboardInterrupt`` into exit code 130
-    without a message). ``str()`` is the signal name, e.g. "SIGTERM"."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signal_name = signal.Signals(signum).name
-
-    def __str__(self) -> str:
-        return self.signal_name
-
-
-def _raise_terminated(signum, frame) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-    raise Terminated(signum)
-
-
-def install_signal_handlers() -> None:
-    """Make SIGTERM (and SIGHUP, unless ignored, e.g. under nohup) raise :class:`Terminated` in
-    the main thread, so ``finally`` blocks run and temporaries are removed, as for Ctrl-C.
-    Only replaces the default disposition; a second signal of the same kind terminates at
-    once. Call once, early in the CLI's ``main()``; a no-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, _raise_terminated)
 
 
 # --- names of temporaries and stale ones -----------------------------------------------------
@@ -215,8 +182,6 @@ def check_output(out: str | Path, overwrite: bool, inputs: Iterable[str | Path] 
 
 
 def _is_stats_file(path: Path) -> bool:
-    from sparsekit.export.files import STATS_FORMAT, sparsekit_metadata
-
     meta = sparsekit_metadata(path)
     return meta is not None and meta.get("format") == STATS_FORMAT
 

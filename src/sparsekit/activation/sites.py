@@ -1,7 +1,7 @@
 """From sketches to the tensors and recipe that are saved with a model: per-site thresholds of a
 method at a target sparsity (uniform, or per site from a greedy allocation).
 
-Tensors (float32, see `sparsekit.activation.store`): ``<site>.threshold`` (scalar, or [C] for
+Tensors (float32, see `sparsekit.files.thresholds`): ``<site>.threshold`` (scalar, or [C] for
 CHESS's channel-wise thresholds) and ``<site>.scale`` ([C], WINA's column norms of that site's
 linear). A site's recipe entry: ``{"where", "role", "sparsity" (its target), "calibrated" (the
 zeroed fraction the sketch predicts on the calibration data), "bounds" ([lower, upper] on it)}``.
@@ -15,11 +15,12 @@ from torch import nn
 from sparsekit.activation.plan import Plan, Site
 from sparsekit.activation.sketch import ActivationSketch
 from sparsekit.activation.thresholds import (
+    Mixture,
     Threshold,
-    _check_sparsity,
-    _Mixture,
-    _solve,
+    channel_thresholds,
+    check_sparsity,
     column_norms,
+    solve_threshold,
 )
 from sparsekit.errors import UsageError
 
@@ -36,18 +37,16 @@ class SiteThresholds:
         self.site = site
         self.scale = None if scale is None else scale.detach().to("cpu", torch.float32).reshape(-1)
         self.weights = channel_weights
-        self._mix = _Mixture(sketch, scale if scale is not None else channel_weights)
+        self._mix = Mixture(sketch, scale if scale is not None else channel_weights)
         self._memo: dict[float, tuple[torch.Tensor, Threshold]] = {}
 
     def __call__(self, sparsity: float) -> tuple[torch.Tensor, torch.Tensor | None, Threshold]:
         """(threshold tensor float32, scale or None, calibration facts) for `sparsity`."""
-        s = _check_sparsity(sparsity)
+        s = check_sparsity(sparsity)
         if s not in self._memo:
-            res = _solve(self._mix, s)
+            res = solve_threshold(self._mix, s)
             if self.weights is not None:       # CHESS channel-wise: t_i = tau / mu_i
-                mu = self.weights.detach().reshape(-1).to("cpu", torch.float64)
-                t = torch.where(mu > 0, res.value / torch.where(mu > 0, mu, 1.0),
-                                torch.full_like(mu, float("inf"))).to(torch.float32)
+                t = channel_thresholds(res.value, self.weights)
             else:
                 t = torch.tensor(res.value, dtype=torch.float32)
             self._memo[s] = (t, res)

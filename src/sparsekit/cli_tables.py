@@ -7,7 +7,7 @@ import re
 from rich.table import Table
 from torch import nn
 
-from sparsekit.models import decoder_layers
+from sparsekit.anatomy import decoder_layers
 
 MIB = 2 ** 20
 

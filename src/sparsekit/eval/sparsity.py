@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsekit.models import decoder_layers, linear_kind, prunable_linears
+from sparsekit.anatomy import CompressedLinear, decoder_layers, layer_modules, linear_kind, prunable_linears
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _sparse_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Compressed linears swapped in by the loader (they keep no dense `.weight`)."""
     path, layers = decoder_layers(model)
     return {f"{path}.{i}.{name}": m for i, layer in enumerate(layers)
-            for name, m in layer.named_modules() if callable(getattr(type(m), "to_dense_weight", None))}
+            for name, m in layer_modules(layer, CompressedLinear).items()}
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def weight_sparsity(model: nn.Module, linears: dict[str, nn.Module] | None = Non
     linears = {**prunable_linears(model), **_sparse_modules(model)} if linears is None else linears
     per_layer = {}
     for name, lin in linears.items():
-        w = lin.to_dense_weight() if hasattr(lin, "to_dense_weight") else lin.weight
+        w = lin.to_dense_weight() if isinstance(lin, CompressedLinear) else lin.weight
         if w.device.type == "meta":
             continue
         per_layer[name] = (count_zeros(w), w.numel())

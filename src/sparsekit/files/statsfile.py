@@ -34,11 +34,12 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from sparsekit.calibrate import stats as _stats
-from sparsekit.activation.store import SKETCH_TAG
+from sparsekit.anatomy import decoder_layers
 from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import UsageError
-from sparsekit.models import decoder_layers
+from sparsekit.files.layout import DamagedFile
+from sparsekit.files.layout import read_header as safetensors_header
+from sparsekit.files.thresholds import SKETCH_TAG, sketches_from_tensors
 
 FORMAT = "sparsekit-stats"
 VERSION = 2
@@ -132,19 +133,6 @@ def check_settings(meta_settings: dict, wanted: dict, path: str | Path | None = 
 
 
 # ---------------------------------------------------------------------------------- writing
-def _state_view(s: InputStats) -> dict[str, torch.Tensor]:
-    """`s.state_dict()` without copying the large tensors (the writer only reads them)."""
-    if not all(hasattr(s, a) for a in ("_sq_norm", "_mean", "_m2", "_hessian")):
-        return s.state_dict()
-    d = {"version": torch.tensor([_stats._FORMAT_VERSION], dtype=torch.int64),
-         "nsamples": torch.tensor([s.nsamples], dtype=torch.int64),
-         "ntokens": torch.tensor([s.ntokens], dtype=torch.int64),
-         "sq_norm": s._sq_norm, "mean": s._mean, "m2": s._m2}
-    if s._hessian is not None:
-        d["hessian"] = s._hessian
-    return d
-
-
 def _header_bound(fp: dict, settings: dict) -> int:
     """Bytes that surely hold the header when every linear of `fp` is written with all of
     `STATE_KEYS` (or is an alias), with 20-digit offsets; a multiple of 8."""
@@ -205,7 +193,7 @@ class StatsWriter:
                 self._aliases[name] = owners[id(s)]
                 continue
             owners[id(s)] = name
-            state = _state_view(s)
+            state = s.state_view()
             for key in sorted(state, key=lambda k: (state[k].element_size() < 8, k)):  # 8-byte types first
                 self._write(f"{name}/{key}", state[key])
 
@@ -313,9 +301,6 @@ def _layout(path: str | Path) -> tuple[dict, int]:
     against the file's size: a statistics file of a large model (tens of GB with Hessians) must
     not be memory-mapped whole just to read one layer (that fails where address space or
     overcommit is limited), and a truncated file is named as such."""
-    from sparsekit.export.files import DamagedFile
-    from sparsekit.export.files import read_header as safetensors_header
-
     try:
         header = safetensors_header(path)
     except DamagedFile as exc:
@@ -437,8 +422,6 @@ def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool 
 def load_sketches(path: str | Path, keys) -> dict:
     """The activation sketches of `keys` (points, see `activation.plan`) from a statistics file
     written by `sparsekit calibrate --activations`, as ActivationSketch objects."""
-    from sparsekit.activation.store import sketches_from_tensors
-
     path = Path(path)
     settings = read_header(path).get("settings", {})
     if not settings.get("activations"):

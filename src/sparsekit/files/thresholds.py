@@ -1,4 +1,5 @@
-"""Activation-sparsity thresholds on disk, next to the model weights.
+"""Activation-sparsity thresholds on disk, next to the model weights (and the names of activation
+sketches inside a statistics file).
 
 File ``sparsekit-activation.safetensors`` in the model directory. Plain transformers never reads
 it (it reads ``model.safetensors`` or the files of its index), so the directory still loads as an
@@ -30,8 +31,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sparsekit.activation.sketch import ActivationSketch
 from sparsekit.errors import UsageError
 
 __all__ = [
@@ -40,8 +44,6 @@ __all__ = [
     "SKETCH_TAG",
     "VERSION",
     "activation_file",
-    "activation_tensors",
-    "apply_activation",
     "load_activation",
     "save_activation",
     "sketch_tensors",
@@ -78,8 +80,6 @@ def activation_file(tensors: dict[str, torch.Tensor], section: dict) -> tuple[di
 def save_activation(directory: str | Path, tensors: dict[str, torch.Tensor], section: dict) -> dict:
     """Write the thresholds file into `directory` atomically (temporary file, then rename) and
     return the section to store as ``activation`` in sparsekit.json."""
-    from safetensors.torch import save_file
-
     section, data, metadata = activation_file(tensors, section)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,8 +98,6 @@ def load_activation(directory: str | Path, section: dict | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict] | None:
     """(tensors, section) of `directory`, or None when it has no thresholds. `section` (the
     ``activation`` section of sparsekit.json, if any) must agree with the file's own recipe."""
-    from safetensors import safe_open
-
     path = Path(directory) / ACTIVATION_FILE
     if not path.is_file():
         if section:
@@ -130,34 +128,6 @@ def load_activation(directory: str | Path, section: dict | None = None
     return tensors, own
 
 
-def activation_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The thresholds (and scales) of the wrappers installed in `model`, named as on disk."""
-    from sparsekit.runtime.act_sparse import activation_modules
-
-    out = {}
-    for name, m in activation_modules(model).items():
-        out[f"{name}.threshold"] = m.threshold.detach().to("cpu").clone()
-        if m.scale is not None:
-            out[f"{name}.scale"] = m.scale.detach().to("cpu").clone()
-    return out
-
-
-def apply_activation(model: nn.Module, directory: str | Path, *, mode: str | None = None,
-                     section: dict | None = None) -> dict | None:
-    """Install the thresholds saved in `directory` (if any) into `model`; returns the recipe or
-    None. `section` defaults to ``model.sparsekit_meta["activation"]`` when present."""
-    from sparsekit.runtime.act_sparse import install_activation_sparsity
-
-    if section is None:
-        section = (getattr(model, "sparsekit_meta", None) or {}).get("activation")
-    found = load_activation(directory, section)
-    if found is None:
-        return None
-    tensors, own = found
-    install_activation_sparsity(model, own, tensors, mode=mode, count=False)  # inference: no counters
-    return own
-
-
 def sketch_tensors(sketches: dict) -> dict[str, torch.Tensor]:
     """Flat tensors of activation sketches for the calibration statistics file, named
     ``<point key>/act.<field>`` (fields of `ActivationSketch.state_dict`), on the CPU."""
@@ -170,8 +140,6 @@ def sketch_tensors(sketches: dict) -> dict[str, torch.Tensor]:
 
 def sketches_from_tensors(tensors: dict[str, torch.Tensor], device=None) -> dict:
     """Inverse of `sketch_tensors`; tensors without the ``/act.`` tag are ignored."""
-    from sparsekit.activation.sketch import ActivationSketch
-
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         key, tag, field = name.rpartition(SKETCH_TAG)

@@ -8,15 +8,15 @@ never reads and ``sparsekit export`` copies unchanged.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from sparsekit.atomic import atomic_directory, check_output
+from safetensors.torch import save_file
 
-META_FILE = "sparsekit.json"
+from sparsekit.files.atomic import atomic_directory, check_output
+from sparsekit.files.meta import write_meta
 
-__all__ = ["META_FILE", "check_output", "write_model_dir"]
+__all__ = ["write_model_dir"]
 
 
 def write_model_dir(model, tokenizer, out: str | Path, meta: dict, overwrite: bool = False,
@@ -25,7 +25,7 @@ def write_model_dir(model, tokenizer, out: str | Path, meta: dict, overwrite: bo
 
     ``side_files`` maps a file name ``sparsekit-<name>.safetensors`` to ``(tensors, metadata)``
     (a dict of tensors and a str -> str dict, or None). ``out`` is checked first
-    (:func:`~sparsekit.atomic.check_output`); an existing output is replaced only once the new
+    (:func:`~sparsekit.files.atomic.check_output`); an existing output is replaced only once the new
     one is complete.
     """
     side_files = side_files or {}
@@ -38,11 +38,9 @@ def write_model_dir(model, tokenizer, out: str | Path, meta: dict, overwrite: bo
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if side_files:
-            from safetensors.torch import save_file
-
             for name, (tensors, metadata) in side_files.items():
                 save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()},
                           str(tmp / name), metadata=metadata)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_meta(tmp, meta)
     return out
 

@@ -1,4 +1,4 @@
-"""The files of a model directory: which safetensors hold the weights, which are sparsekit
+"""The files of a model directory (the home of the safetensors layout): which safetensors hold the weights, which are sparsekit
 side files, and a cheap integrity check (no torch, no tensor data read).
 
 * weights: ``model.safetensors``, or the files named by ``model.safetensors.index.json``;
@@ -21,8 +21,8 @@ import struct
 from pathlib import Path
 
 from sparsekit.errors import UsageError
+from sparsekit.files.meta import META_FILE
 
-META_FILE = "sparsekit.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 SIDE_FILE_GLOB = "sparsekit-*.safetensors"
@@ -113,7 +113,7 @@ def _fix_for(directory: Path) -> str:
         return "download or copy the model again"
     try:
         meta = json.loads((directory / META_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a damaged sparsekit.json is reported by its reader
         meta = None
     if isinstance(meta, dict) and "export" in meta:
         return "export it again with `sparsekit export`"
