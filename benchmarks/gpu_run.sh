@@ -60,7 +60,7 @@ EOF
     step 70 "$out/e2e.log" $py - "$out/bench_b1_cusparselt.json" <<'EOF'
 import json, sys
 import torch
-from sparsekit.bench import random_model, run_bench
+from sparsekit.workflows.bench import random_model, run_bench
 model = random_model("llama-3-8b", dtype=torch.bfloat16, device="cuda")
 res = run_bench(model, batch=1, prompt_len=512, new_tokens=2, device="cuda", cusparselt=True,
                 compile=False, cuda_graph=False)

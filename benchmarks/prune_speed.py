@@ -22,7 +22,7 @@ from sparsekit.calibrate.engine import activation_bytes
 from sparsekit.dtypes import DTYPES
 from sparsekit.anatomy import prunable_linears
 from sparsekit.prune.pipeline import prune_model
-from sparsekit.prune.recipe import Calibration, make_recipe
+from sparsekit.recipe import Calibration, make_recipe
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Activation-sparse Triton product (interpreter on CPU, compiled on a GPU) against the torch
-reference and against the runtime wrapper's masked linear."""
+reference and against the runtime wrapper's masked linear, with the weight passed either as
+``W.T.contiguous()`` or as the transposed view ``W.t()`` of the stored weight (no copy)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from sparsekit.kernels.act_sparse import act_sparse_mm_reference
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if KERNEL_DEVICE == "cuda" else [])
 
 
+def _wt(w: torch.Tensor, layout: str) -> torch.Tensor:
+    """W.T [K, N] of the stored weight W [N, K]: a contiguous copy, or the strided view."""
+    if layout == "view":
+        wt = w.t()
+        assert wt.stride() == (1, w.shape[1]) and wt.data_ptr() == w.data_ptr()
+        return wt
+    return w.t().contiguous()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "view"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k,n,kind", [(1, 96, 40, "scalar"), (3, 130, 70, "channel"), (16, 64, 33, "scaled")])
-def test_matches_reference(dtype, m, k, n, kind):
+def test_matches_reference(dtype, m, k, n, kind, layout):
     g = torch.Generator().manual_seed(m + k)
     x = torch.randn(m, k, generator=g).to(dtype).to(KERNEL_DEVICE)
     w = (torch.randn(n, k, generator=g) / k**0.5).to(dtype).to(KERNEL_DEVICE)
@@ -29,9 +40,9 @@ def test_matches_reference(dtype, m, k, n, kind):
         scale = torch.rand(k, generator=g) * 2
     thr = thr.to(KERNEL_DEVICE)
     scale = None if scale is None else scale.to(KERNEL_DEVICE)
-    wt = w.t().contiguous()
+    wt = _wt(w, layout)
     got = act_sparse_mm(x, wt, thr, scale, bias, bk=32, bn=32)
-    want = act_sparse_mm_reference(x, wt, thr, scale, bias)
+    want = act_sparse_mm_reference(x, w.t().contiguous(), thr, scale, bias)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     # the mask matters: a dense product differs
@@ -39,7 +50,8 @@ def test_matches_reference(dtype, m, k, n, kind):
     assert not torch.allclose(got, dense, atol=tol, rtol=tol)
 
 
-def test_equals_runtime_wrapper_and_keeps_shape():
+@pytest.mark.parametrize("layout", ["contiguous", "view"])
+def test_equals_runtime_wrapper_and_keeps_shape(layout):
     from torch import nn
 
     from sparsekit.runtime.act_sparse import ActSparse
@@ -51,29 +63,34 @@ def test_equals_runtime_wrapper_and_keeps_shape():
     wrapped = ActSparse(lin, thr)
     with torch.no_grad():
         want = wrapped(x)
-        got = act_sparse_mm(x, lin.weight.t().contiguous(), thr, None, lin.bias, bk=16, bn=16)
+        got = act_sparse_mm(x, _wt(lin.weight, layout), thr, None, lin.bias, bk=16, bn=16)
     assert got.shape == (2, 1, 20)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_rejects_large_m_and_bad_layout():
+def test_rejects_large_m_and_bad_shapes():
     x = torch.randn(17, 8, device=KERNEL_DEVICE)
     w = torch.randn(8, 4, device=KERNEL_DEVICE)
     with pytest.raises(ValueError, match="dense path"):
         act_sparse_mm(x, w, torch.tensor(0.1))
-    with pytest.raises(ValueError, match="contiguous rows"):
-        act_sparse_mm(x[:2], torch.randn(4, 8, device=KERNEL_DEVICE).t(), torch.tensor(0.1))
+    with pytest.raises(ValueError, match="features"):
+        act_sparse_mm(x[:2], torch.randn(4, 8, device=KERNEL_DEVICE), torch.tensor(0.1))
+    with pytest.raises(ValueError, match="threshold"):
+        act_sparse_mm(x[:2], w, torch.zeros(5))
+    with pytest.raises(ValueError, match="scale"):
+        act_sparse_mm(x[:2], w, torch.tensor(0.1), torch.ones(5))
 
 
-def test_rows_of_zeroed_channels_are_never_read():
-    """Weight rows of channels no row of x keeps may hold NaN: the kernel does not load them."""
+@pytest.mark.parametrize("layout", ["contiguous", "view"])
+def test_rows_of_zeroed_channels_are_never_read(layout):
+    """Weights of channels no row of x keeps may hold NaN: the kernel does not load them."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 64, generator=g).to(KERNEL_DEVICE)
     x[:, 10:30] = 0.01                      # below the threshold in both rows
-    wt = torch.randn(64, 24, generator=g).to(KERNEL_DEVICE)
-    poisoned = wt.clone()
-    poisoned[10:30] = float("nan")
+    w = torch.randn(24, 64, generator=g).to(KERNEL_DEVICE)   # stored [N, K]
+    poisoned = w.clone()
+    poisoned[:, 10:30] = float("nan")
     thr = torch.tensor(0.05, device=KERNEL_DEVICE)
-    got = act_sparse_mm(x, poisoned, thr, bk=16, bn=8)
+    got = act_sparse_mm(x, _wt(poisoned, layout), thr, bk=16, bn=8)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, act_sparse_mm_reference(x, wt, thr), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, act_sparse_mm_reference(x, w.t(), thr), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """Runtime activation sparsity: the wrapper equals the plain-torch reference, decode-only mode
-leaves prefill dense, counters, the installer and state_dict names."""
+leaves prefill dense, counters, the installer and state_dict names, 2:4 weights under the mask,
+and the custom-op path (counters off) giving exactly the mask-then-linear result on CPU."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from sparsekit.errors import UsageError
 from sparsekit.runtime.act_sparse import ActSparse, activation_modules, activation_sparsity_report, install_activation_sparsity, remove_activation_sparsity, set_activation_mode
 from sparsekit.kernels.act_sparse import act_sparse_reference, masked_linear_reference
+from sparsekit.runtime.sparse24_linear import Sparse24Linear
 
 
 def _linear(k=24, n=10, bias=True, seed=0):
@@ -163,25 +165,96 @@ def test_wraps_any_module_with_forward():
     assert m.in_features == 8  # attributes of the wrapped module pass through
 
 
-def test_wraps_the_24_linear():
-    import importlib
-
-    cls = None
-    for mod in ("sparsekit.runtime.sparse24_linear", "sparsekit.kernels.linear"):
-        try:
-            cls = importlib.import_module(mod).Sparse24Linear
-            break
-        except (ImportError, AttributeError):
-            continue
-    if cls is None:
-        pytest.skip("Sparse24Linear not found")
-    lin = _linear(32, 12)
+def _linear_24(k=32, n=12):
+    lin = _linear(k, n)
     with torch.no_grad():  # make the weight 2:4: keep the 2 largest of every 4
-        w = lin.weight.view(12, 8, 4)
+        w = lin.weight.view(n, k // 4, 4)
         idx = w.abs().topk(2, dim=-1).indices
-        lin.weight.copy_(torch.zeros_like(w).scatter(-1, idx, w.gather(-1, idx)).view(12, 32))
-    s24 = cls.from_dense(lin)
+        lin.weight.copy_(torch.zeros_like(w).scatter(-1, idx, w.gather(-1, idx)).view(n, k))
+    return lin
+
+
+@pytest.mark.parametrize("count", [True, False])
+def test_wraps_the_24_linear(count):
+    """2:4 weights and activation sparsity together: mask, then the 2:4 linear."""
+    lin = _linear_24()
+    s24 = Sparse24Linear.from_dense(lin)
     thr = torch.rand(32) * 0.8
-    m = ActSparse(s24, thr)
+    m = ActSparse(s24, thr, count=count)
     x = torch.randn(2, 1, 32)
-    torch.testing.assert_close(m(x), masked_linear_reference(x, lin.weight, lin.bias, thr), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        got = m(x)
+    torch.testing.assert_close(got, masked_linear_reference(x, lin.weight, lin.bias, thr), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, lin(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Count the calls of the activation-sparse op made by the wrapper."""
+    import sparsekit.runtime.act_sparse as mod
+
+    calls = []
+    real = mod.act_sparse_linear
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(mod, "act_sparse_linear", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["scalar", "channel", "scaled"])
+def test_op_path_is_bit_for_bit_the_masked_linear(dtype, kind, op_calls):
+    """Without counters an nn.Linear input site runs the op; on CPU its masked dense product is
+    exactly what mask-then-linear (the counting path) gives."""
+    lin = _linear().to(dtype)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 24, generator=g).to(dtype)
+    thr = torch.rand(24, generator=g) if kind == "channel" else 0.6
+    scale = torch.rand(24, generator=g) * 2 if kind == "scaled" else None
+    fast = ActSparse(lin, thr, scale, count=False)
+    counted = ActSparse(lin, thr, scale, count=True)
+    with torch.no_grad():
+        got = fast(x)
+        assert op_calls == [(15, 24)]
+        want = counted(x)
+        assert len(op_calls) == 1  # counting keeps the mask-then-linear path
+    assert got.shape == (3, 5, 10) and got.dtype == dtype
+    assert torch.equal(got, want)
+    assert torch.equal(got, masked_linear_reference(x, lin.weight, lin.bias, thr, scale))
+    assert int(fast.entries) == 0 and int(counted.entries) == x.numel()
+
+
+def test_op_path_respects_mode_enabled_and_autograd(op_calls):
+    lin = _linear()
+    m = ActSparse(lin, 0.7, mode="decode", count=False)
+    prefill, decode = torch.randn(2, 6, 24), torch.randn(2, 1, 24)
+    with torch.no_grad():
+        assert torch.equal(m(prefill), lin(prefill)) and op_calls == []    # prefill stays dense
+        assert torch.equal(m(decode), masked_linear_reference(decode, lin.weight, lin.bias, 0.7))
+        assert op_calls == [(2, 24)]
+        m.enabled = False
+        assert torch.equal(m(decode), lin(decode)) and len(op_calls) == 1
+    # autograd needs a backward: the differentiable mask-then-linear path, same values
+    m.enabled = True
+    y = m(decode)
+    assert len(op_calls) == 1
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    assert torch.equal(y.detach(), masked_linear_reference(decode, lin.weight, lin.bias, 0.7))
+
+
+def test_installed_model_without_counters_equals_counting_model(op_calls):
+    """A loaded model (counters off) runs every linear site through the op: same logits."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 500, (2, 7))
+    spec, tensors = _spec(model)
+    install_activation_sparsity(model, spec, tensors, count=True)
+    with torch.no_grad():
+        counted = model(input_ids=ids).logits
+        assert op_calls == []
+        install_activation_sparsity(model, spec, tensors, count=False)
+        fast = model(input_ids=ids).logits
+    assert len(op_calls) == 14 and torch.equal(fast, counted)

@@ -9,7 +9,7 @@ from conftest import ARCHS, data_file, tiny_model
 from sparsekit.calibrate.engine import run_sequential
 from sparsekit.anatomy import decoder_layers, prunable_linears
 from sparsekit.prune.masks import wanda_mask
-from sparsekit.prune.recipe import Calibration, make_recipe
+from sparsekit.recipe import Calibration, make_recipe
 from sparsekit.prune.pipeline import prune_model
 
 

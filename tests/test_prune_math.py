@@ -20,7 +20,8 @@ from sparsekit.prune.masks import (
     wanda_mask,
     wanda_scores,
 )
-from sparsekit.prune.methods import METHODS, SelectArgs
+from sparsekit.prune.methods import METHODS, SparseGPTOptions
+from sparsekit.prune.plugins import SelectArgs
 from sparsekit.prune.sparsegpt import inverse_hessian_factor, sparsegpt_prune
 
 
@@ -476,7 +477,7 @@ def _stats_with_hessian(h):
 
 def test_sparsegpt_method_reports_damping_retries_and_fallback():
     select = METHODS["sparsegpt"].select
-    args = SelectArgs(0.5, blocksize=16)
+    args = SelectArgs(0.5, options=SparseGPTOptions(blocksize=16))
     w = torch.randn(8, 32, generator=_gen(54))
     bad = _hessian_needing_damping(0.5)
     out = select(w, _stats_with_hessian(bad), args)

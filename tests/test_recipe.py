@@ -6,7 +6,7 @@ import pytest
 
 from sparsekit.errors import UsageError
 from sparsekit.prune.methods import METHODS
-from sparsekit.prune.recipe import Calibration, make_calibration, make_recipe
+from sparsekit.recipe import Calibration, make_calibration, make_recipe
 
 
 def test_pattern_defines_the_sparsity():

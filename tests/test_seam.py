@@ -10,7 +10,7 @@ from sparsekit.calibrate.stats import InputStats
 from sparsekit.anatomy import prunable_linears
 from sparsekit.prune.allocation import weighted_mean
 from sparsekit.prune.pipeline import group_by_layer, prune_model
-from sparsekit.prune.recipe import Calibration, make_recipe
+from sparsekit.recipe import Calibration, make_recipe
 from sparsekit.prune.sparsegpt import sparsegpt_prune
 
 

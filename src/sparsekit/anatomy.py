@@ -15,7 +15,7 @@ from torch import nn
 from sparsekit.errors import UsageError
 
 __all__ = [
-    "ATTN_IN", "ATTN_OUT", "ACT_NAMES", "DEFAULT_IGNORE", "MLP_IN", "MLP_OUT", "ROLES", "TESTED_ARCHITECTURES",
+    "ATTN_IN", "ATTN_OUT", "ACT_NAMES", "DEFAULT_IGNORE", "MLP_IN", "MLP_OUT", "ROLE_LEAVES", "ROLES", "TESTED_ARCHITECTURES",
     "CompressedLinear", "Wrapper", "check_prunable_config", "check_prunable_model", "context_length",
     "decoder_layers", "is_moe", "layer_index", "layer_linears", "layer_modules", "linear_kind", "linear_role", "model_device",
     "parameter_count", "prunable_linears", "set_submodule", "unsupported_weights", "unwrap",

@@ -27,6 +27,7 @@ same seed, data and tokenizer give the reference's windows.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -167,8 +168,6 @@ def _unavailable(name: str) -> UsageError:
 
 def _require_named(name: str) -> None:
     """Fail at once, before any model loading, when a named dataset cannot be had."""
-    import importlib.util
-
     if importlib.util.find_spec("datasets") is None:
         raise UsageError(f"--data {name} needs the `datasets` package: pip install datasets, "
                          "or pass a local .txt/.jsonl/.json/.parquet file")

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from sparsekit.errors import UsageError
 
-__all__ = ["OptionSpec", "Plugin", "Registry", "at_least", "below", "finite_positive", "option", "regex"]
+__all__ = ["OptionSpec", "Plugin", "Registry", "all_of", "at_least", "finite_positive", "option", "regex"]
 
 Check = Callable[[str, Any], None]   # (flag, value) -> None, or raises UsageError
 
@@ -49,13 +49,6 @@ def finite_positive(what: str = "positive") -> Check:
     def check(flag: str, value) -> None:
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{flag} must be {what}, got {value}")
-    return check
-
-
-def below(limit: float, why: str) -> Check:
-    def check(flag: str, value) -> None:
-        if value >= limit:
-            raise UsageError(f"{flag} {value} {why}: use a value below {limit:g}")
     return check
 
 

@@ -1,24 +1,12 @@
-"""Where each method sparsifies, and which activations must be sketched for it (model structure
-only, no statistics).
+"""Where a method sparsifies in a model, and which activations must be sketched for it (model
+structure only, no statistics).
 
 A *site* is a module the runtime wraps (`sparsekit.runtime.act_sparse.ActSparse`); a *point* is
 an activation tensor a sketch is collected on. Linears that read the same tensor share one
 point, named after the first of them (q/k/v -> q_proj, gate/up -> gate_proj), like the
-calibration statistics file.
-
-Sites per method, in every decoder layer (names are the HF module names; Llama, Mistral, Qwen,
-Gemma-3: q/k/v/o_proj, gate/up/down_proj; OPT: q/k/v/out_proj, fc1/fc2; Phi-3: qkv_proj,
-gate_up_proj):
-
-* TEAL and WINA: the input of every attention and MLP linear (q, k, v, o, gate, up, down).
-* CHESS: the inputs of q_proj and o_proj (k and v stay dense: their errors would persist in the
-  KV cache; a fused qkv_proj is left dense since q cannot be masked alone), and the FFN
-  activation: for gated MLPs the output of the gate activation module (``act_fn``), whose zeros
-  make down_proj's input zero and let a kernel skip up rows and down columns; for plain MLPs
-  (OPT) the input of fc2, which is that activation.
-
-Linears of other names (MoE experts, unknown architectures) are not sparsified; they are listed
-in ``Plan.skipped``.
+calibration statistics file. Which sites a method takes is its record in
+`sparsekit.activation.methods`; linears of other names (MoE experts, unknown architectures) are
+not sparsified and are listed in ``Plan.skipped``.
 """
 
 from __future__ import annotations
@@ -27,13 +15,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from sparsekit.anatomy import ACT_NAMES, ATTN_IN, ATTN_OUT, MLP_IN, MLP_OUT, ROLES, decoder_layers, layer_linears, \
-    linear_role
+from sparsekit.activation.methods import ACTIVATION_METHODS
+from sparsekit.anatomy import ACT_NAMES, ATTN_IN, ATTN_OUT, MLP_IN, MLP_OUT, ROLE_LEAVES, ROLES, decoder_layers, \
+    layer_linears, linear_role
 from sparsekit.errors import UsageError
 
-__all__ = ["METHODS", "ROLES", "Plan", "Point", "Site", "calibration_points", "plan_activation"]
-
-METHODS = ("teal", "chess", "wina")
+__all__ = ["ROLES", "Plan", "Point", "Site", "calibration_points", "plan_activation"]
 
 
 @dataclass(frozen=True)
@@ -95,8 +82,7 @@ def _first(members, order) -> tuple[str, str, nn.Module]:
 
 def plan_activation(model: nn.Module, method: str) -> Plan:
     """Sites and sketch points of `method` for every decoder layer of `model`."""
-    if method not in METHODS:
-        raise UsageError(f"unknown --activation {method!r}: use one of {', '.join(METHODS)}")
+    entry = ACTIVATION_METHODS.get_entry(method)
     path, layers = decoder_layers(model)
     sites: list[Site] = []
     points: dict[str, Point] = {}
@@ -107,24 +93,23 @@ def plan_activation(model: nn.Module, method: str) -> Plan:
         skipped += [prefix + r for r in parts["skipped"]]
         groups = sorted(parts["groups"].items(), key=lambda g: ROLES.index(g[0][0]))  # forward order
         for (role, parent), members in groups:
-            order = {"attn_in": ATTN_IN, "attn_out": ATTN_OUT, "mlp_in": MLP_IN, "mlp_out": MLP_OUT}[role]
+            order = ROLE_LEAVES[role]
             _, key_rel, key_lin = _first(members, order)
             key = prefix + key_rel
             point = Point(key, key, "input", int(key_lin.in_features))
             for leaf, rel, lin in sorted(members, key=lambda m: order.index(m[0])):
                 full = prefix + rel
-                if method == "chess":
-                    if role == "attn_in" and leaf != "q_proj":
+                if role == "attn_in" and entry.attn_in is not None and leaf not in entry.attn_in:
+                    continue
+                if role == "mlp_in" and not entry.mlp_in:
+                    continue
+                if role == "mlp_out" and entry.ffn_activation:
+                    act = _gate_activation(layer, parent, parts, prefix, i, lin, method)
+                    if act is not None:
+                        site, act_points = act
+                        sites.append(site)
+                        points.update(act_points)
                         continue
-                    if role == "mlp_in":
-                        continue
-                    if role == "mlp_out":
-                        act = _chess_act(layer, parent, parts, prefix, i, lin)
-                        if act is not None:
-                            site, act_points = act
-                            sites.append(site)
-                            points.update(act_points)
-                            continue
                 points[key] = point
                 sites.append(Site(full, "input", role, i, key, _params(lin), linear=full))
     if not sites:
@@ -133,9 +118,10 @@ def plan_activation(model: nn.Module, method: str) -> Plan:
     return Plan(method, sites, points, skipped)
 
 
-def _chess_act(layer: nn.Module, parent: str, parts: dict, prefix: str, i: int,
-               down: nn.Module) -> tuple[Site, dict[str, Point]] | None:
-    """CHESS site on the gate activation of a gated MLP (None for a plain MLP: fc2 input)."""
+def _gate_activation(layer: nn.Module, parent: str, parts: dict, prefix: str, i: int,
+                     down: nn.Module, method: str) -> tuple[Site, dict[str, Point]] | None:
+    """The site on the gate activation of a gated MLP, with the mean |up output| point that
+    weighs it (None for a plain MLP: its fc2 input is the site)."""
     ups = parts["groups"].get(("mlp_in", parent), [])
     by_leaf = {leaf: (rel, lin) for leaf, rel, lin in ups}
     container = layer.get_submodule(parent) if parent else layer
@@ -153,18 +139,18 @@ def _chess_act(layer: nn.Module, parent: str, parts: dict, prefix: str, i: int,
     else:
         return None
     if act_name is None:
-        raise UsageError(f"CHESS needs the gate activation module of {prefix}{parent or 'layer'} "
-                         f"(one of {', '.join(ACT_NAMES)}); this architecture is not supported by CHESS")
+        raise UsageError(f"{method} needs the gate activation module of {prefix}{parent or 'layer'} "
+                         f"(one of {', '.join(ACT_NAMES)}); this architecture is not supported by {method}")
     act_full = f"{prefix}{parent + '.' if parent else ''}{act_name}"
     act = Point(act_full, act_full, "output", inter)
     site = Site(act_full, "output", "mlp_act", i, act_full, up_params + _params(down), mu_point=mu.key)
     return site, {act.key: act, mu.key: mu}
 
 
-def calibration_points(model: nn.Module, methods=METHODS) -> dict[str, Point]:
+def calibration_points(model: nn.Module, methods=None) -> dict[str, Point]:
     """Union of the points of `methods`: what `sparsekit calibrate` sketches so that any method
     and any target can be set later."""
     points: dict[str, Point] = {}
-    for method in methods:
+    for method in ACTIVATION_METHODS if methods is None else methods:
         points.update(plan_activation(model, method).points)
     return points

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparsekit.activation.methods import ACTIVATION_METHODS
 from sparsekit.activation.plan import Plan, Site
 from sparsekit.activation.sketch import ActivationSketch
 from sparsekit.activation.thresholds import (
@@ -19,7 +20,6 @@ from sparsekit.activation.thresholds import (
     Threshold,
     channel_thresholds,
     check_sparsity,
-    column_norms,
     solve_threshold,
 )
 from sparsekit.errors import UsageError
@@ -54,35 +54,18 @@ class SiteThresholds:
         return t.clone(), None if self.scale is None else self.scale.clone(), res
 
 
-def _linear_weight(model: nn.Module, name: str) -> torch.Tensor:
-    m = model.get_submodule(name)
-    w = getattr(m, "weight", None)
-    if not isinstance(w, torch.Tensor):
-        raise UsageError(f"WINA needs the weight of {name} to compute its column norms; pass them "
-                         "explicitly (norms=...) for modules without a dense weight")
-    return w
-
-
 def site_thresholds(model: nn.Module, plan: Plan, sketches: dict[str, ActivationSketch], *,
                     norms: dict[str, torch.Tensor] | None = None) -> dict[str, SiteThresholds]:
-    """One `SiteThresholds` per site of `plan`. WINA's column norms come from the model's current
-    (final, possibly pruned) weights unless given in `norms` (site name -> [in_features])."""
+    """One `SiteThresholds` per site of `plan`, weighed by its method (`ActivationMethod.weigh`;
+    WINA's column norms come from the model's current weights unless given in `norms`)."""
+    weigh = ACTIVATION_METHODS.get_entry(plan.method).weigh
     out = {}
     for site in plan.sites:
         if site.point not in sketches:
             raise UsageError(f"no activation statistics for {site.point}: calibrate again with activation "
                              "statistics (the statistics file predates them or is for another model)")
         sketch = sketches[site.point]
-        scale = weights = None
-        if plan.method == "wina":
-            scale = (norms or {}).get(site.name)
-            if scale is None:
-                scale = column_norms(_linear_weight(model, site.linear or site.name))
-        elif plan.method == "chess" and site.mu_point is not None:
-            if site.mu_point not in sketches:
-                raise UsageError(f"no activation statistics for {site.mu_point} (CHESS needs the mean "
-                                 "|up_proj output|): calibrate again with activation statistics")
-            weights = sketches[site.mu_point].mean_abs
+        scale, weights = (None, None) if weigh is None else weigh(model, site, sketches, norms)
         out[site.name] = SiteThresholds(site, sketch, scale=scale, channel_weights=weights)
     return out
 

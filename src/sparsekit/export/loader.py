@@ -1,17 +1,16 @@
 """Load what ``export_model`` writes (and plain pruned directories) into a runnable model.
 
-* ``sparse24``: every compressed linear becomes a
-  :class:`~sparsekit.runtime.sparse24_linear.Sparse24Linear`, converted straight from the bitmask
-  (no dense copy of the layer, let alone of the model);
-* ``bitmask``: compressed linears are decoded, one at a time, into dense ``nn.Linear``
-  weights (there is no unstructured sparse kernel);
-* ``dense`` exports and plain directories: an ordinary ``from_pretrained``.
+The format comes from the compressed-tensors block of config.json (or the ``export`` section
+of ``sparsekit.json``) and names a codec (:mod:`sparsekit.export.codecs`). In a compressed
+format, every layer stored as the codec's parts becomes the module its codec builds (sparse24:
+a :class:`~sparsekit.runtime.sparse24_linear.Sparse24Linear` straight from the bitmask;
+bitmask: a dense ``nn.Linear`` weight), one layer at a time. Uncompressed exports and plain
+directories load with an ordinary ``from_pretrained``.
 
-Other tools' compressed-tensors checkpoints load too when they are sparse-only: the block may
-sit under ``compression_config`` (compressed-tensors 0.4-0.6) instead of
-``quantization_config``, and 2:4 groups stored with other than exactly 2 set bits are decoded
-through a dense copy and checked to be 2:4. Quantized checkpoints (``config_groups`` as an
-object) are refused; sparsekit's own exports carry the string marker
+Other tools' compressed-tensors checkpoints load too when they are sparse-only (what each
+codec accepts of them is in its module): the block may sit under ``compression_config``
+(compressed-tensors 0.4-0.6) instead of ``quantization_config``. Quantized checkpoints
+(``config_groups`` as an object) are refused; sparsekit's own exports carry the string marker
 :data:`~sparsekit.export.writer.LOAD_HINT` there (see :mod:`sparsekit.export.writer`).
 Every safetensors file is checked first (:func:`~sparsekit.files.layout.check_safetensors`),
 so a truncated file is one line naming it, not a traceback.
@@ -37,17 +36,13 @@ from torch import nn
 from sparsekit.anatomy import set_submodule
 from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
+from sparsekit.export.codec_base import Codec, DecodeError
 from sparsekit.export.codecs import FORMATS
-from sparsekit.export.formats import bitmask24_to_packed, decompress, unpack_bitmask
 from sparsekit.files.layout import check_safetensors, weight_files
 from sparsekit.files.meta import read_meta
-from sparsekit.kernels.sparse24 import pack_24
-from sparsekit.runtime.sparse24_linear import Sparse24Linear
 
 __all__ = ["describe", "is_export", "load_export", "load_tokenizer"]
 
-_BY_CT_FORMAT = {codec.ct_format: name for name, codec in FORMATS.items()}
-_PARTS = ("compressed", "bitmask", "shape", "row_offsets")
 # safetensors dtype code -> (torch name, bytes per element)
 _ST_DTYPES = {"BF16": ("bfloat16", 2), "F16": ("float16", 2), "F32": ("float32", 4),
               "F64": ("float64", 8), "I64": ("int64", 8), "I32": ("int32", 4),
@@ -71,14 +66,15 @@ def _ct_block(config: dict) -> dict | None:
 
 
 def is_export(path: str | Path) -> str | None:
-    """"sparse24", "bitmask" or "dense" for a sparsekit or compressed-tensors export, else None."""
+    """The format (a name in ``FORMATS``) of a sparsekit or compressed-tensors export, else None."""
     path = Path(path)
     config = _json(path / "config.json") or {}
     block = _ct_block(config)
     if block is not None:
         fmt = (block.get("sparsity_config") or {}).get("format")
-        if fmt in _BY_CT_FORMAT:
-            return _BY_CT_FORMAT[fmt]
+        for name, codec in FORMATS.items():
+            if codec.ct_format == fmt:
+                return name
     meta = _json(path / "sparsekit.json") or {}  # a damaged file is reported by read_meta on loading
     export = meta.get("export")
     if isinstance(export, dict) and export.get("format") in FORMATS:
@@ -94,9 +90,19 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     raise UsageError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
 
 
-def _compressed_prefixes(keys: set[str]) -> set[str]:
-    return {k[: -len(".bitmask")] for k in keys
-            if k.endswith(".bitmask") and k[: -len(".bitmask")] + ".compressed" in keys}
+def _stored_layers(codec: Codec, keys: set[str]) -> set[str]:
+    """The prefixes stored as ``codec``'s parts: every one of its marking parts is present."""
+    first, *rest = codec.layer_marks
+    prefixes = {k[: -len(first) - 1] for k in keys if k.endswith(f".{first}")}
+    return {p for p in prefixes if all(f"{p}.{part}" in keys for part in rest)}
+
+
+def _check_parts(path: Path, codec: Codec, prefix: str, where: dict[str, Path]) -> None:
+    """Every part the codec reads of a stored layer is there."""
+    for part in codec.needed_parts:
+        if f"{prefix}.{part}" not in where:
+            marks = " and ".join(f".{m}" for m in codec.layer_marks)
+            raise UsageError(f"{path}: {prefix} has {marks} but no .{part} tensor: export it again")
 
 
 def _key_index(path: Path) -> dict[str, Path]:
@@ -147,14 +153,15 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype,
                                                  trust_remote_code=trust_remote_code)
+    codec = FORMATS[fmt]
     where = _key_index(path)
-    prefixes = _compressed_prefixes(set(where))
+    prefixes = _stored_layers(codec, set(where)) if codec.build is not None else set()
+    stored = {f"{prefix}.{part}" for prefix in prefixes for part in codec.parts}
     unexpected = []
     for file in sorted(set(where.values())):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                prefix, _, part = key.rpartition(".")
-                if prefix in prefixes and part in _PARTS:
+                if key in stored:
                     continue
                 if not _assign(model, key, f.get_tensor(key)):
                     unexpected.append(key)
@@ -163,36 +170,17 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
         if not isinstance(linear, nn.Linear):
             raise UsageError(f"{path}: compressed tensor {prefix} is not a linear layer of "
                              f"{type(model).__name__}")
+        _check_parts(path, codec, prefix, where)
         parts = {}
-        for part in _PARTS[:3]:
-            if f"{prefix}.{part}" not in where:
-                raise UsageError(f"{path}: {prefix} has .compressed and .bitmask but no .{part} "
-                                 "tensor: export it again")
+        for part in codec.needed_parts:
             with safe_open(str(where[f"{prefix}.{part}"]), framework="pt") as f:
                 parts[part] = f.get_tensor(f"{prefix}.{part}")
-        if parts["shape"].numel() != 2:
-            raise UsageError(f"{path}: {prefix}.shape holds {parts['shape'].numel()} values, "
-                             "not the 2 of a linear weight: export it again")
-        n, k = (int(v) for v in parts["shape"].reshape(-1).tolist())
-        if (n, k) != (linear.out_features, linear.in_features):
-            raise UsageError(f"{path}: {prefix} is stored as {n}x{k} but the model expects "
-                             f"{linear.out_features}x{linear.in_features}")
-        parts["compressed"] = parts["compressed"].to(linear.weight.dtype)
-        bias = linear.bias if linear.bias is not None and not linear.bias.is_meta else None
-        if fmt == "sparse24":
-            try:
-                packed = bitmask24_to_packed(parts["compressed"], parts["bitmask"], parts["shape"])
-            except ValueError:  # another tool's groups with != 2 bits: via dense (checks 2:4)
-                dense = _decode(path, prefix, parts)
-                try:
-                    packed = pack_24(dense)
-                except ValueError as exc:
-                    raise UsageError(f"{path}: {prefix} is stored as sparse-24-bitmask but is "
-                                     f"not 2:4 ({exc}): export it again, or as --format "
-                                     "bitmask") from None
-            set_submodule(model, prefix, Sparse24Linear.from_packed(packed, bias=bias))
-        else:
-            linear.weight = nn.Parameter(_decode(path, prefix, parts), requires_grad=False)
+        try:
+            module = codec.build(prefix, parts, linear)
+        except DecodeError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        if module is not linear:
+            set_submodule(model, prefix, module)
     model.tie_weights()
     if unexpected:
         warnings.warn(f"{path}: {len(unexpected)} stored tensor(s) not used by the model, "
@@ -207,13 +195,6 @@ def _load_compressed(path: Path, fmt: str, dtype: torch.dtype | None, trust_remo
 
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
-
-
-def _decode(path: Path, prefix: str, parts: dict) -> torch.Tensor:
-    try:
-        return decompress(parts["compressed"], parts["bitmask"], parts["shape"])
-    except ValueError as exc:
-        raise UsageError(f"{path}: {prefix} cannot be decoded ({exc}): export it again") from None
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -256,11 +237,31 @@ def load_export(path: str | Path, device: str = "cpu", dtype: str | torch.dtype 
     return model
 
 
-def _nbytes(slice_) -> int:
-    numel = 1
-    for d in slice_.get_shape():
-        numel *= d
-    return numel * _ST_DTYPES[slice_.get_dtype()][1]
+class _Layer:
+    """One stored layer, read part by part from the files holding it (a `StoredLayer`)."""
+
+    def __init__(self, prefix: str, where: dict[str, Path]):
+        self.prefix, self.where = prefix, where
+
+    def _slice(self, part: str, read):
+        key = f"{self.prefix}.{part}"
+        with safe_open(str(self.where[key]), framework="pt") as f:
+            return read(f, key)
+
+    def tensor(self, part: str) -> torch.Tensor:
+        return self._slice(part, lambda f, key: f.get_tensor(key))
+
+    def dtype(self, part: str) -> torch.dtype:
+        code = self._slice(part, lambda f, key: f.get_slice(key).get_dtype())
+        return getattr(torch, _ST_DTYPES[code][0])
+
+    def nbytes(self, part: str) -> int:
+        shape, code = self._slice(part, lambda f, key: (f.get_slice(key).get_shape(),
+                                                         f.get_slice(key).get_dtype()))
+        numel = 1
+        for d in shape:
+            numel *= d
+        return numel * _ST_DTYPES[code][1]
 
 
 def describe(path: str | Path) -> dict:
@@ -269,9 +270,10 @@ def describe(path: str | Path) -> dict:
     Keys: format, files, total_bytes (every file in the directory), weight_bytes (the
     safetensors files), linear_bytes (all stored tensors of the compressed or pruned
     layers), linear_dense_bytes (their dense size in the stored dtype), linear_ratio,
-    compressed_layers, sparsity (fraction of unset bitmask bits over those layers; a 2:4
-    slot kept as an explicit zero counts as kept; for dense exports, exact zeros of the
-    pruned layers' weights), dtype, and sparsekit_meta (the sparsekit.json dict or None).
+    compressed_layers, sparsity (the fraction of weights not kept over those layers, as the
+    codec counts them: unset bitmask bits, a 2:4 slot kept as an explicit zero counting as
+    kept; for dense exports, exact zeros of the pruned layers' weights), dtype, and
+    sparsekit_meta (the sparsekit.json dict or None).
     """
     path = Path(path)
     fmt = is_export(path)
@@ -282,36 +284,24 @@ def describe(path: str | Path) -> dict:
     meta = read_meta(path)
     files = weight_files(path)
     where = _key_index(path)
-    linear = dense = kept = numel = layers = 0
+    codec = FORMATS[fmt]
+    if codec.compressed:  # found by their parts (other tools' checkpoints have no sparsekit.json)
+        prefixes = _stored_layers(codec, set(where))
+    else:  # plain weights: the pruned layers sparsekit.json names
+        prefixes = {name for name in (meta or {}).get("layers") or {}
+                    if all(f"{name}.{part}" in where for part in codec.parts)}
+    linear = dense = kept = numel = 0
     dtype = None
-    if fmt != "dense":
-        for prefix in sorted(_compressed_prefixes(set(where))):
-            with safe_open(str(where[f"{prefix}.compressed"]), framework="pt") as f:
-                comp = f.get_slice(f"{prefix}.compressed")
-                dtype, itemsize = _ST_DTYPES[comp.get_dtype()]
-            for part in _PARTS:
-                if f"{prefix}.{part}" in where:
-                    with safe_open(str(where[f"{prefix}.{part}"]), framework="pt") as f:
-                        linear += _nbytes(f.get_slice(f"{prefix}.{part}"))
-                        if part == "shape":
-                            n, k = (int(v) for v in f.get_tensor(f"{prefix}.shape").reshape(-1))
-                        if part == "bitmask":
-                            bits = f.get_tensor(f"{prefix}.bitmask")
-            dense += n * k * itemsize
-            kept += int(unpack_bitmask(bits, k).sum())
-            numel += n * k
-            layers += 1
-    else:
-        for name in sorted((meta or {}).get("layers") or {}):
-            key = f"{name}.weight"
-            if key in where:
-                with safe_open(str(where[key]), framework="pt") as f:
-                    w = f.get_tensor(key)
-                dtype = str(w.dtype).replace("torch.", "")
-                linear += w.numel() * w.element_size()
-                kept += int((w != 0).sum())
-                numel += w.numel()
-        dense = linear
+    for prefix in sorted(prefixes):
+        _check_parts(path, codec, prefix, where)
+        layer = _Layer(prefix, where)
+        linear += sum(layer.nbytes(part) for part in codec.parts if f"{prefix}.{part}" in where)
+        facts = codec.measure(layer)
+        dense += facts.numel * facts.dtype.itemsize
+        kept += facts.kept
+        numel += facts.numel
+        dtype = str(facts.dtype).replace("torch.", "")
+    layers = len(prefixes) if codec.compressed else 0
     return {
         "format": fmt,
         "files": len(files),

@@ -1,4 +1,5 @@
-"""Export a pruned model directory as a 2:4 / bitmask compressed or plain dense checkpoint.
+"""Export a pruned model directory in one of the ``FORMATS`` (2:4 or bitmask compressed, or a
+plain dense checkpoint).
 
 The input is what ``sparsekit prune`` writes: a Hugging Face model directory (config.json,
 safetensors weights with exact zeros, tokenizer files) plus ``sparsekit.json``, whose
@@ -10,17 +11,11 @@ is about one shard plus one layer, never the model twice. Everything is written 
 hidden temporary directory next to ``out_dir`` and moved into place with ``os.replace`` at
 the end; any exception (or Ctrl-C) removes it, so an interrupted export leaves no ``out_dir``.
 
-Formats (on-disk layouts in :mod:`sparsekit.export.formats`):
+Each target's ``.weight`` is replaced by what its format's codec encodes
+(:mod:`sparsekit.export.codecs`); a target the codec refuses (sparse24: not exactly 2:4)
+stops the export with every such layer named, never re-pruned. Every other tensor is copied.
 
-* ``sparse24``: compressed-tensors ``sparse-24-bitmask``: each target's ``.weight`` becomes
-  ``.compressed`` / ``.bitmask`` / ``.shape`` (9/16 of the dense bytes in 16-bit). A target
-  that is not exactly 2:4 is refused, never re-pruned.
-* ``bitmask``: compressed-tensors ``sparse-bitmask`` (unstructured): ``.compressed`` [nnz],
-  ``.bitmask``, ``.shape`` [2], ``.row_offsets``.
-* ``dense``: a plain checkpoint with zeros, without ``quantization_config``, loadable by
-  any transformers version.
-
-Both compressed formats add a compressed-tensors ``quantization_config`` block to config.json
+Compressed formats add a compressed-tensors ``quantization_config`` block to config.json
 (:func:`sparsity_block`). No current loader decodes it: compressed-tensors >= 0.15 dropped the
 sparse formats and, with transformers 5, loads such a checkpoint *with random weights* in the
 compressed layers (only missing-key warnings). So by default the block also carries
@@ -52,8 +47,8 @@ from safetensors.torch import save_file
 
 from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
+from sparsekit.export.codec_base import Codec, Unencodable
 from sparsekit.export.codecs import FORMATS
-from sparsekit.export.formats import compress_24, compress_bitmask, not_24_groups
 from sparsekit.files.atomic import atomic_directory, check_output
 from sparsekit.files.layout import INDEX_FILE, check_safetensors, side_files, weight_files
 from sparsekit.files.meta import META_FILE, read_meta, write_meta
@@ -172,20 +167,17 @@ def check_export_paths(src: str | Path, out: str | Path, overwrite: bool) -> Non
     check_safetensors(src)
 
 
-def _format_offenders(offenders: list[tuple[str, int]]) -> str:
-    shown = ", ".join(f"{n} ({'K not divisible by 4' if c < 0 else f'{c} groups'})"
-                      for n, c in offenders[:3])
+def _format_offenders(codec: Codec, offenders: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{name} ({why})" for name, why in offenders[:3])
     more = f" and {len(offenders) - 3} more" if len(offenders) > 3 else ""
-    return (f"{len(offenders)} targeted layer(s) are not exactly 2:4 (a group of 4 input "
-            f"columns with more than 2 nonzeros): {shown}{more}; prune with --pattern 2:4 "
-            "or export with --format bitmask or --format dense")
+    return codec.refusal.format(count=len(offenders), name=codec.name, layers=shown + more)
 
 
 def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "sparse24",
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
                  overwrite: bool = False, progress: Progress | None = None,
                  compressed_tensors_compat: bool = False) -> dict:
-    """Write ``pruned_dir`` to ``out_dir`` in ``format`` ("sparse24", "bitmask" or "dense").
+    """Write ``pruned_dir`` to ``out_dir`` in ``format`` (a name in ``FORMATS``).
 
     ``dtype`` ("bfloat16", "float16", "float32"; None keeps the stored dtype) casts floating
     tensors on the way. ``compressed_tensors_compat`` writes the plain compressed-tensors block
@@ -193,8 +185,8 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     compressed-tensors >= 0.15 would load it with random weights). Returns a summary: format,
     out_dir, shards, tensor_bytes (all tensors), linear_bytes (tensors of the targeted layers,
     as written), linear_dense_bytes (their dense equivalent), layers (pruned layers written,
-    any format), compressed_layers (0 for dense), global_sparsity, dtype, side_files,
-    compressed_tensors_compat, seconds.
+    any format), compressed_layers (0 for an uncompressed format such as dense),
+    global_sparsity, dtype, side_files, compressed_tensors_compat, seconds.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
@@ -203,6 +195,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     if max_shard_bytes <= 0:
         raise UsageError("max_shard_bytes must be positive")
     src, out = Path(pruned_dir), Path(out_dir)
+    codec = FORMATS[format]
     check_export_paths(src, out, overwrite)
     config = _read_json(src / "config.json")
     if config.get("quantization_config") or config.get("compression_config"):
@@ -210,7 +203,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
                          "quantization_config): export the directory `sparsekit prune` wrote")
     meta = read_meta(src, required=True)
     targets = sorted(meta.get("layers") or {})
-    if not targets and format != "dense":
+    if not targets and codec.compressed:
         raise UsageError(f"{src}/{META_FILE} lists no pruned layers: nothing to compress")
 
     start = time.perf_counter()
@@ -226,7 +219,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     with atomic_directory(out, "export") as tmp:
         writer = ShardWriter(tmp, max_shard_bytes, st_meta)
         stats = dict(zeros=0, numel=0, linear=0, linear_dense=0, layers=0, out_dtype=None)
-        offenders: list[tuple[str, int]] = []
+        offenders: list[tuple[str, str]] = []
         present: set[str] = set()
         total = 0
         for path in files:
@@ -244,7 +237,7 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
                         stats["zeros"] += int((tensor == 0).sum())
                         stats["numel"] += tensor.numel()
                     if key in weight_keys:
-                        group = _encode_target(key, tensor, format, offenders, stats)
+                        group = _encode_target(key, tensor, codec, offenders, stats)
                     else:
                         group = {key: tensor}
                     if not offenders:
@@ -257,20 +250,18 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
             raise UsageError(f"{len(missing)} pruned layer(s) listed in {META_FILE} have no "
                              f"weight in the checkpoint, e.g. {missing[0]}")
         if offenders:
-            raise UsageError(_format_offenders(offenders))
+            raise UsageError(_format_offenders(codec, offenders))
         shards = writer.finish()
 
         global_sparsity = stats["zeros"] / stats["numel"] if stats["numel"] else 0.0
-        if format != "dense":
-            structure = "2:4" if format == "sparse24" or recipe.get("pattern") == "2:4" \
-                else "unstructured"
+        if codec.compressed:
             try:
                 linears = _linear_names(src)
             except Exception:  # custom architectures: fall back to the usual head name
                 linears = ["lm_head"]
             config["quantization_config"] = sparsity_block(
-                FORMATS[format].ct_format, targets, linears, global_sparsity, structure,
-                compat=compressed_tensors_compat)
+                codec.ct_format, targets, linears, global_sparsity,
+                codec.sparsity_structure(recipe), compat=compressed_tensors_compat)
         if cast is not None:
             config["dtype"] = dtype
             if "torch_dtype" in config:
@@ -281,16 +272,16 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
                    "tensor_bytes": writer.total_bytes, "linear_bytes": stats["linear"],
                    "linear_dense_bytes": stats["linear_dense"],
                    "layers": stats["layers"],
-                   "compressed_layers": stats["layers"] if format != "dense" else 0,
+                   "compressed_layers": stats["layers"] if codec.compressed else 0,
                    "global_sparsity": global_sparsity,
                    "dtype": str(stats["out_dtype"]).replace("torch.", "") if stats["out_dtype"]
                    else None,
                    "side_files": [p.name for p in side_files(src)],
                    "compressed_tensors_compat": bool(compressed_tensors_compat
-                                                     and format != "dense")}
+                                                     and codec.compressed)}
         meta_out = dict(meta)
         meta_out["export"] = {"sparsekit_version": __version__,
-                              "compressed_tensors_format": FORMATS[format].ct_format,
+                              "compressed_tensors_format": codec.ct_format,
                               **{k: v for k, v in summary.items() if k != "out_dir"}}
         write_meta(tmp, meta_out)
         _copy_side_files(src, tmp, files)
@@ -298,31 +289,27 @@ def export_model(pruned_dir: str | Path, out_dir: str | Path, format: str = "spa
     return summary
 
 
-def _encode_target(key: str, weight: torch.Tensor, format: str,
-                   offenders: list[tuple[str, int]], stats: dict) -> dict[str, torch.Tensor]:
-    """The tensors that replace one targeted ``<prefix>.weight`` (or it unchanged: dense)."""
+def _encode_target(key: str, weight: torch.Tensor, codec: Codec,
+                   offenders: list[tuple[str, str]], stats: dict) -> dict[str, torch.Tensor]:
+    """The tensors that replace one targeted ``<prefix>.weight``, as ``codec`` encodes them
+    (nothing once some layer was refused: the rest are only checked)."""
     prefix = key[: -len(".weight")]
     if weight.dim() != 2:
         raise UsageError(f"pruned layer {prefix} has a {weight.dim()}-D weight; only linear "
                          "layers (2-D weights) can be exported")
     stats["linear_dense"] += weight.numel() * weight.element_size()
     stats["out_dtype"] = weight.dtype
-    if format == "sparse24":
-        bad = not_24_groups(weight)
-        if bad:
-            offenders.append((prefix, bad))
-            return {}
-        if offenders:  # already refusing: only check the remaining layers
-            return {}
-        compressed, bitmask, shape = compress_24(weight)
-        group = {f"{prefix}.compressed": compressed, f"{prefix}.bitmask": bitmask,
-                 f"{prefix}.shape": shape}
-    elif format == "bitmask":
-        compressed, bitmask, shape, row_offsets = compress_bitmask(weight)
-        group = {f"{prefix}.compressed": compressed, f"{prefix}.bitmask": bitmask,
-                 f"{prefix}.shape": shape, f"{prefix}.row_offsets": row_offsets}
-    else:
-        group = {key: weight}
+    try:
+        group = codec.encode(prefix, weight)
+    except Unencodable as exc:
+        offenders.append((prefix, str(exc)))
+        return {}
+    if offenders:  # already refusing
+        return {}
+    names = {f"{prefix}.{part}" for part in codec.parts}
+    if not {f"{prefix}.{part}" for part in codec.needed_parts} <= set(group) <= names:
+        raise ValueError(f"export format {codec.name!r} encoded {prefix} as {sorted(group)}, "
+                         f"not as its parts {list(codec.parts)}")
     stats["layers"] += 1
     stats["linear"] += sum(t.numel() * t.element_size() for t in group.values())
     return group

@@ -6,6 +6,9 @@ Rule, per token (one row of the last dimension)::
     keep[i] = float32(|x[i]|) * float32(scale[i]) > float32(threshold[i])   (scale 1 when None;
                                                                               threshold scalar or [C])
     x[i]    <- x[i] if keep[i] else 0
+
+`MAX_M` (here, so that code choosing a path need not import triton) is the most rows the
+Triton product (`sparsekit.kernels.act_sparse_triton`) takes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["act_sparse_mm_reference", "act_sparse_reference", "masked_linear_reference"]
+__all__ = ["MAX_M", "act_sparse_mm_reference", "act_sparse_reference", "masked_linear_reference"]
+
+MAX_M = 16   # rows (tokens) the Triton activation-sparse product handles per call
 
 
 def act_sparse_reference(x: torch.Tensor, threshold, scale: torch.Tensor | None = None) -> torch.Tensor:

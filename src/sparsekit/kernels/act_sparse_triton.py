@@ -1,9 +1,11 @@
 """Activation-sparse product for small M (decode): ``y = mask(x) @ W.T (+ bias)``, skipping the
 weight rows of ``W.T`` (the columns of W) whose input is zeroed for every row of x.
 
-Layout: the weight is passed transposed and contiguous, ``wt = W.T`` of shape [K, N], so that
-the N weights of one input channel are contiguous (TEAL's layout): a masked-out channel is a
-masked-out row of the tile, which is not read from memory.
+Layout: the weight is passed as ``wt`` [K, N] = W.T with any strides. ``W.T.contiguous()``
+(TEAL's layout: the N weights of one input channel are contiguous) lets a masked-out channel
+skip a whole contiguous row of memory. ``W.t()``, the transposed *view* of the stored [N, K]
+weight (strides (1, K)), needs no copy, but there a channel's weights are a strided column,
+so skipping it saves memory traffic only where a run of neighbouring channels is zeroed.
 
 Mask, computed in registers with the runtime's rule (`sparsekit.kernels.act_sparse`):
 ``keep[m, k] = float32(|x[m, k]|) * scale[k] > threshold[k]`` (scale 1 without one; threshold
@@ -27,13 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_M", "act_sparse_mm"]
+from sparsekit.kernels.act_sparse import MAX_M
 
-MAX_M = 16
+__all__ = ["MAX_M", "act_sparse_mm"]
 
 
 @triton.jit
-def act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
+def act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk, stride_wn,
                        PER_CHANNEL: tl.constexpr, HAS_SCALE: tl.constexpr,
                        BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -59,7 +61,7 @@ def act_sparse_kernel(X, WT, T, S, P, M, N, K, stride_xm, stride_wk,
     keep = keep & in_m[:, None] & in_k[None, :]
     xm = tl.where(keep, x, 0.0)
     row_active = tl.max(keep.to(tl.int32), axis=0) > 0                       # [BK]
-    w = tl.load(WT + offs_k[:, None] * stride_wk + offs_n[None, :],
+    w = tl.load(WT + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                 mask=row_active[:, None] & in_n[None, :], other=0.0).to(tl.float32)   # [BK, BN]
     acc = tl.sum(xm[:, :, None] * w[None, :, :], axis=1)                      # [BM, BN]
     base = P + pid_k * M * N
@@ -73,7 +75,8 @@ def _pow2(n: int) -> int:
 def act_sparse_mm(x: torch.Tensor, wt: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None, *, bk: int = 64, bn: int = 128, num_warps: int = 4) -> torch.Tensor:
     """``y[..., N]`` for ``x[..., K]`` with at most `MAX_M` rows; ``wt`` the transposed weight
-    [K, N] (contiguous rows); ``threshold`` float32 scalar or [K]; ``scale`` float32 [K] or None."""
+    [K, N], any strides (``W.T.contiguous()``, or the view ``W.t()``: no copy is made);
+    ``threshold`` float32 scalar or [K]; ``scale`` float32 [K] or None."""
     k, n = wt.shape
     if x.shape[-1] != k:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {k}")
@@ -81,19 +84,22 @@ def act_sparse_mm(x: torch.Tensor, wt: torch.Tensor, threshold: torch.Tensor, sc
     m = x2.shape[0]
     if not 1 <= m <= MAX_M:
         raise ValueError(f"act_sparse_mm handles 1..{MAX_M} rows, got {m}: use the dense path")
-    if wt.stride(1) != 1:
-        raise ValueError("wt must have contiguous rows (pass W.T.contiguous())")
+    if wt.device != x.device:
+        raise ValueError(f"x is on {x.device}, the weight on {wt.device}")
     x2 = x2.contiguous()
     thr = torch.as_tensor(threshold, dtype=torch.float32, device=x.device).contiguous()
     per_channel = thr.dim() == 1
     if per_channel and thr.numel() != k:
         raise ValueError(f"threshold must be a scalar or [{k}]")
-    sc = None if scale is None else scale.to(device=x.device, dtype=torch.float32).contiguous()
+    sc = None if scale is None else scale.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
+    if sc is not None and sc.numel() != k:
+        raise ValueError(f"scale must have {k} entries, got {sc.numel()}")
     splits = triton.cdiv(k, bk)
     partial = torch.empty(splits, m, n, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(n, bn), splits)
     act_sparse_kernel[grid](x2, wt, thr, sc if sc is not None else thr, partial, m, n, k,
-                             x2.stride(0), wt.stride(0), PER_CHANNEL=per_channel, HAS_SCALE=sc is not None,
+                             x2.stride(0), wt.stride(0), wt.stride(1),
+                             PER_CHANNEL=per_channel, HAS_SCALE=sc is not None,
                              BM=max(_pow2(m), 1), BK=bk, BN=bn, num_warps=num_warps)
     y = partial.sum(0)
     if bias is not None:

@@ -26,10 +26,12 @@ from torch import nn
 from sparsekit.calibrate.engine import EngineTimes, run_sequential
 from sparsekit.calibrate.stats import InputStats
 from sparsekit.errors import NumericalError, UsageError
-from sparsekit.files.allocation import load_allocation_file
 from sparsekit.anatomy import decoder_layers
-from sparsekit.prune.methods import METHODS, SelectArgs, Selection
-from sparsekit.prune.recipe import Recipe, check_against_model
+from sparsekit.files.statsfile import SavedStats
+from sparsekit.prune.masks import apply_mask_, wanda_scores
+from sparsekit.prune.plugins import Method, RefineArgs, SelectArgs, Selection
+from sparsekit.prune.updates import UPDATES
+from sparsekit.recipe import Recipe, check_against_model
 
 
 @dataclass
@@ -87,8 +89,6 @@ def group_by_layer(model: nn.Module, targets: Mapping[str, nn.Module]) -> dict[s
 
 
 def _wanda_scores(targets: Mapping[str, nn.Module], names: list[str], stats: Mapping[str, InputStats]):
-    from sparsekit.prune.masks import wanda_scores
-
     out = []
     for name in names:
         s = stats[name]
@@ -98,47 +98,40 @@ def _wanda_scores(targets: Mapping[str, nn.Module], names: list[str], stats: Map
     return out
 
 
-def _layer_value(recipe: Recipe, scores: list[torch.Tensor]) -> float:
-    from sparsekit.prune.allocation import dlp_importance, owl_outlier_ratio
-
-    if recipe.layerwise == "owl":
-        return owl_outlier_ratio(scores, m=recipe.owl_m)
-    return dlp_importance(scores)
-
-
 def plan_sparsity(model: nn.Module, recipe: Recipe, targets: Mapping[str, nn.Module], *,
                   calibration: torch.Tensor | None = None, stats: Mapping[str, InputStats] | None = None,
                   device=None, offload_activations=None, on_layer=None,
                   ) -> tuple[dict[str, float], dict[str, float] | None, EngineTimes]:
-    """Target sparsity per decoder layer: (allocation, per-layer OWL/DLP values, engine times).
+    """Target sparsity per decoder layer: (allocation, per-layer values, engine times).
 
-    OWL and DLP need every layer's Wanda scores of the DENSE model before any layer is pruned
-    (their normalisation spans all layers): from saved statistics directly, otherwise from one
-    dense sequential pass over the calibration windows (the references' first pass)."""
+    An allocator that uses scores (OWL, DLP) needs every layer's Wanda scores of the DENSE model
+    before any layer is pruned (its normalisation spans all layers): from saved statistics
+    directly, otherwise from one dense sequential pass over the calibration windows (the
+    references' first pass)."""
+    allocator, options = recipe.allocator, recipe.layerwise_options
     groups = group_by_layer(model, targets)
     params = [sum(targets[n].weight.numel() for n in names) for names in groups.values()]
     times = EngineTimes()
-    if recipe.layerwise == "uniform":
-        return {layer: recipe.sparsity for layer in groups}, None, times
-    if recipe.allocation_file is not None:
-        values = load_allocation_file(recipe.allocation_file, list(groups))
+    if allocator.from_file is not None:
+        values = allocator.from_file(recipe.layerwise, list(groups))
         return dict(zip(groups, values)), None, times
-
-    from sparsekit.prune.allocation import allocate
+    if not allocator.uses_scores:
+        return {layer: recipe.sparsity for layer in groups}, None, times
 
     values: dict[str, float] = {}
     if stats is not None:
-        if hasattr(stats, "without_hessian"):  # a saved file: read a few vectors per linear, not Hessians
+        if isinstance(stats, SavedStats):  # read a few vectors per linear, not Hessians
             stats = stats.without_hessian()
         for layer, names in groups.items():
-            values[layer] = _layer_value(recipe, _wanda_scores(targets, names, stats))
+            values[layer] = allocator.layer_value(_wanda_scores(targets, names, stats), options)
     else:
         if calibration is None:
             raise UsageError(f"--layerwise {recipe.layerwise} needs calibration data: give --data or --stats")
         path, _ = decoder_layers(model)
 
         def measure(index: int, linears: dict[str, nn.Linear], layer_stats: dict[str, InputStats]) -> bool:
-            values[f"{path}.{index}"] = _layer_value(recipe, _wanda_scores(linears, list(linears), layer_stats))
+            values[f"{path}.{index}"] = allocator.layer_value(_wanda_scores(linears, list(linears), layer_stats),
+                                                              options)
             return False
 
         times = run_sequential(model, calibration, dict(targets), measure,
@@ -146,8 +139,7 @@ def plan_sparsity(model: nn.Module, recipe: Recipe, targets: Mapping[str, nn.Mod
                                offload_activations=offload_activations, modifies=False, on_layer=on_layer)
     ordered = [values[layer] for layer in groups]
     try:
-        sparsities = allocate(recipe.layerwise, ordered, params, recipe.sparsity,
-                              lam=recipe.owl_lambda, alpha=recipe.dlp_alpha)
+        sparsities = allocator.spread(ordered, params, recipe.sparsity, options)
     except ValueError as exc:
         raise UsageError(f"--layerwise {recipe.layerwise}: {exc}") from None
     return dict(zip(groups, sparsities)), dict(zip(groups, ordered)), times
@@ -161,56 +153,40 @@ def check_allocation_file(model: nn.Module, recipe: Recipe, targets: Mapping[str
 
 
 # --- select, refine, apply ---------------------------------------------------------------------
-def _select_args(recipe: Recipe, sparsity: float) -> SelectArgs:
-    return SelectArgs(sparsity=sparsity, nm=recipe.nm, per_row=recipe.per_row,
-                      blocksize=recipe.blocksize, percdamp=recipe.percdamp)
-
-
 def _refines(recipe: Recipe, name: str) -> bool:
-    return recipe.refine == "dsnot" and not (recipe.dsnot_skip and re.search(recipe.dsnot_skip, name))
+    refiner = recipe.refiner
+    return refiner.refine is not None and not (refiner.skips is not None and refiner.skips(recipe.refine_options, name))
 
 
-def _refine(dense: torch.Tensor, selection: Selection, stats: InputStats, recipe: Recipe, method,
+def _refine(dense: torch.Tensor, selection: Selection, stats: InputStats, recipe: Recipe, method: Method,
             args: SelectArgs) -> tuple[Selection, int, float]:
-    """DSnoT on the method's selection: (refined selection, swaps, seconds).
-
-    A reconstructing method (SparseGPT) returns updated weights with zeros where it pruned, so
-    nothing could be regrown from them: DSnoT refines the updated weights with each pruned entry
-    holding its dense value, against the dense weights as the reference output; the method then
-    recomputes its update for the refined mask (SparseGPT's OBS update for exactly that mask), so
-    the kept weights stay consistent with what was pruned."""
-    from sparsekit.prune.dsnot import dsnot_refine
-
+    """The refiner on the method's selection: (refined selection, swaps, seconds). When the mask
+    changed, a method that updates weights recomputes them for the refined mask with its weight
+    update (SparseGPT: the OBS update for exactly that mask), so the kept weights stay consistent
+    with what was pruned; otherwise the refined mask replaces the method's."""
     start = time.perf_counter()
-    dev = dense.device
-    updated = selection.weight is not None
-    values = torch.where(selection.mask, dense, selection.weight) if updated else dense
-    refined = dsnot_refine(values, selection.mask, stats.mean.to(dev), stats.var.to(dev), stats.sq_norm.to(dev),
-                           nm=recipe.nm, max_cycles=recipe.dsnot_cycles,
-                           reference_weight=dense if updated else None)
+    refined = recipe.refiner.refine(dense, selection, stats, RefineArgs(recipe.nm, recipe.refine_options))
     if not torch.equal(refined.mask, selection.mask):
-        if method.reconstruct is not None:
+        if method.update is not None:
             note = selection.note
-            selection = method.reconstruct(dense, stats, refined.mask, args)
+            selection = UPDATES[method.update].refit(dense, stats, refined.mask, args)
             selection.note = selection.note or note
         else:
             selection = Selection(refined.mask, selection.weight, selection.note)
-    return selection, int(refined.num_swaps), time.perf_counter() - start
+    return selection, refined.swaps, time.perf_counter() - start
 
 
 def prune_linear(name: str, lin: nn.Module, recipe: Recipe, stats: InputStats | None, sparsity: float,
                  device: torch.device | None = None) -> LayerResult:
     """select -> refine -> apply for one linear layer, in place."""
-    from sparsekit.prune.masks import apply_mask_
-
     start = time.perf_counter()
-    method = METHODS[recipe.method]
+    method = recipe.method_entry
     weight = lin.weight.data
     work = weight.to(device) if device is not None and weight.device != device else weight
     check_finite(name, "weights", work)
     if stats is not None:
         _check_stats(name, stats, hessian=recipe.needs_hessian)
-    args = _select_args(recipe, sparsity)
+    args = SelectArgs(sparsity, recipe.nm, recipe.method_options)
     selection: Selection = method.select(work, stats, args)
     refine_s, swaps = 0.0, None
     if _refines(recipe, name):

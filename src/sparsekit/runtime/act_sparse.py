@@ -24,6 +24,17 @@ Modes:
   used outside an installed model falls back to the input's shape (dim -2 for 3-D or more;
   the row count for 2-D inputs; 1-D is one token).
 
+Compute. An input site around a plain ``nn.Linear`` whose call is sparsified goes through one
+custom op, ``sparsekit::act_sparse_linear`` (opaque to ``torch.compile``, captured whole by a
+CUDA graph), whose path is chosen per call by :mod:`sparsekit.runtime.act_dispatch`: the
+Triton product for small M on CUDA (it skips loading the weights of channels every row drops;
+on the stored [out, in] weight that saves memory traffic only where neighbouring channels are
+dropped together, see `sparsekit.kernels.act_sparse_triton`), else the masked dense product,
+which on CPU is bit for bit the mask-then-linear result. The op is skipped (mask, then the
+wrapped module) when the counters are on (they need the mask), when autograd needs the result
+(the op has no backward), and for any other wrapped module (a 2:4 linear, an activation
+module) or extra call arguments.
+
 Counters (non-persistent int64 buffers, no host sync): ``zeroed`` inputs and ``entries`` seen in
 sparsified calls, and tokens in sparsified / dense calls; `activation_sparsity_report`
 aggregates them per layer type. Thresholds and scales are non-persistent buffers too, and the
@@ -37,20 +48,24 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsekit.anatomy import Wrapper, decoder_layers, linear_kind, set_submodule
 from sparsekit.errors import UsageError
+from sparsekit.runtime import act_dispatch
 
 __all__ = [
     "ACT_MODES",
     "ActSparse",
+    "act_sparse_linear",
     "activation_modules",
     "activation_sparsity_report",
     "activation_tensors",
     "check_mode",
     "count_activation",
     "install_activation_sparsity",
+    "keep_mask",
     "remove_activation_sparsity",
     "reset_activation_counters",
     "set_activation_mode",
@@ -77,6 +92,41 @@ def _positions_from_shape(x: torch.Tensor) -> int:
     return 1
 
 
+def keep_mask(x: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The rule of the module docstring: bool ``keep`` of x's shape (float32 arithmetic)."""
+    importance = x.detach().abs()
+    if importance.dtype != torch.float32:
+        importance = importance.float()
+    if scale is not None:
+        importance = importance * scale
+    return importance > threshold
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+@torch.library.custom_op("sparsekit::act_sparse_linear", mutates_args=())
+def act_sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      threshold: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(mask(x), weight, bias)`` for 2-D x [M, K], weight [N, K] as ``nn.Linear``
+    stores it (never copied), float32 ``threshold`` (scalar or [K]) and ``scale`` ([K] or
+    None); y [M, N] in x's dtype. The path is `act_dispatch.select`'s."""
+    backend, cfg = act_dispatch.select(x.shape[0], x.dtype, _capability(x.device))
+    if backend == "triton":
+        from sparsekit.kernels.act_sparse_triton import act_sparse_mm
+
+        return act_sparse_mm(x, weight.t(), threshold, scale, bias, **cfg.kwargs())
+    return F.linear(x.masked_fill(~keep_mask(x, threshold, scale), 0), weight, bias)
+
+
+@act_sparse_linear.register_fake
+def _(x, weight, bias, threshold, scale):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
 def _channels(inner: nn.Module, where: str) -> int | None:
     attr = "in_features" if where == "input" else "out_features"
     value = getattr(inner, attr, None)
@@ -92,7 +142,8 @@ class ActSparse(Wrapper):
         scale: optional [C] non-negative importance weights (WINA column norms).
         where: "input" or "output" (module docstring).
         mode: "all" or "decode".
-        count: keep the zeroed-fraction counters (one reduction per call).
+        count: keep the zeroed-fraction counters (one reduction per call; an ``nn.Linear``
+            input site then runs mask-then-linear instead of the op, so counts stay exact).
     """
 
     def __init__(self, inner: nn.Module, threshold, scale: torch.Tensor | None = None, *,
@@ -165,20 +216,29 @@ class ActSparse(Wrapper):
             if self.count and self.enabled and x.dim() > 0:
                 self.tokens_dense += x.numel() // max(x.shape[-1], 1)
             return x
-        importance = x.detach().abs()
-        if importance.dtype != torch.float32:
-            importance = importance.float()
-        if self.scale is not None:
-            importance = importance * self.scale
-        keep = importance > self.threshold
+        keep = keep_mask(x, self.threshold, self.scale)
         if self.count:
             self.zeroed += keep.numel() - keep.count_nonzero()
             self.entries += keep.numel()
             self.tokens_sparse += keep.numel() // max(keep.shape[-1], 1)
         return x.masked_fill(~keep, 0)
 
+    def _op_call(self, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+        """Whether this call goes through `act_sparse_linear` (module docstring, "Compute")."""
+        inner = self.inner
+        if self.count or args or kwargs or type(inner) is not nn.Linear or x.dim() == 0:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in inner.parameters())):
+            return False
+        return self._sparsify_this_call(x)
+
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.where == "input":
+            if self._op_call(x, args, kwargs):
+                lin = self.inner
+                y = act_sparse_linear(x.reshape(-1, lin.in_features), lin.weight, lin.bias,
+                                      self.threshold, self.scale)
+                return y.reshape(*x.shape[:-1], lin.out_features)
             return self.inner(self.apply_mask(x), *args, **kwargs)
         return self.apply_mask(self.inner(x, *args, **kwargs))
 

@@ -22,6 +22,7 @@ every layer, because the cache is indexed by each layer's Python ``layer_idx``.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -34,8 +35,6 @@ def _device(model: nn.Module) -> torch.device:
 
 def _cache_kwarg(model: nn.Module) -> str:
     """Name of the KV-cache argument of ``model.forward`` ("cache" in newer transformers)."""
-    import inspect
-
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 

@@ -1,7 +1,7 @@
-"""``sparsekit bench``: decode/prefill speed and memory of a model dense vs 2:4, and a check
-that the 2:4 path computes the same model.
+"""``sparsekit bench``: decode/prefill speed and memory of a model dense vs sparse (2:4 weights,
+activation sparsity, or both), and a check that the sparse path computes the model it should.
 
-Both runs use the same runtime (:mod:`sparsekit.runtime.decode`): static KV cache, eager
+All runs use the same runtime (:mod:`sparsekit.runtime.decode`): static KV cache, eager
 prefill, and on CUDA the decode step compiled with ``torch.compile`` and captured in a CUDA
 graph, so the speedup is against the best dense runtime sparsekit makes. The dense run is the
 model with zeros in the pruned positions (a model loaded with 2:4 layers is first turned back
@@ -20,6 +20,16 @@ required: a random-weight model has many near-tied logits, so a last-bit differe
 an argmax. (The earlier bench compared free-running greedy tokens, which diverge for good after
 the first such flip, and only the *prefill* logits, which its dense-fallback prefill computed
 bit for bit like dense: hence "tokens_match: false" next to "max_logit_rel_diff: 0.0".)
+
+Activation sparsity (`~sparsekit.runtime.act_sparse.ActSparse` wrappers: thresholds loaded with
+the model, or ``activation=`` synthetic ones, see `install_synthetic_activation`). The dense run
+has the wrappers disabled; the sparse run has them enabled (on 2:4 layers where the weights are
+exactly 2:4), so the speedup is against the plain dense model. A thresholded model computes
+another function than the dense one, so the self-check then compares the sparse run with a
+third, *reference* run of the same function: dense weights, the same thresholds, every
+activation-sparse linear forced onto the masked dense product (`act_dispatch.force("torch")`),
+teacher-forced with the dense tokens like the sparse run (token agreement is then against its
+argmax too). Its speed is reported too.
 """
 
 from __future__ import annotations
@@ -31,14 +41,25 @@ import torch
 from torch import nn
 
 from sparsekit.anatomy import prunable_linears
+from sparsekit.dtypes import DTYPES, dtype_name
 from sparsekit.errors import UsageError
+from sparsekit.loading import LoadedModel, resolve_device
 from sparsekit.prune.masks import apply_mask_, nm_mask
+from sparsekit.runtime import act_dispatch
+from sparsekit.runtime.act_sparse import (
+    ActSparse,
+    activation_modules,
+    install_activation_sparsity,
+    set_activation_mode,
+)
 from sparsekit.runtime.decode import DecodeRuntime
 from sparsekit.runtime.sparse24_linear import (
     Sparse24Linear,
     densify_model_24,
+    is_24,
     sparsify_model_24,
 )
+from sparsekit.workflows.common import Progress, check_model, load, notify, quiet_transformers
 
 # Max relative L2 difference of logits (per sequence and step) between the dense and the 2:4
 # run. The two differ only in the order of fp32 accumulation inside the linears, i.e. in an
@@ -46,14 +67,23 @@ from sparsekit.runtime.sparse24_linear import (
 # random bf16 Llama (16 layers, width 1024, 2:4 by magnitude; CPU) summing each linear in
 # another order gave 0.015; reversing the output rows of a single linear (a wrong tile, as a
 # kernel bug would) gave 0.33-0.37. fp16 keeps 3 more bits (about 8x less rounding noise).
+# With activation sparsity the same tolerances apply to sparse vs reference; there a last-bit
+# difference of a linear's input can also flip the mask of an entry lying at its threshold.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 CPU_NOTE = ("CPU run: 2:4 pays off on GPUs, where decode is bound by weight bandwidth and "
             "sparsekit's kernels read 9/16 of the dense bytes; on the CPU the 2:4 layers run "
             "the plain-torch reference (decompress, then multiply), so they are slower here.")
+CPU_ACT_NOTE = ("CPU run: activation sparsity is meant for GPU decode, where sparsekit's kernel "
+                "skips the weights of zeroed inputs; on the CPU it runs the masked dense product "
+                "(mask, then the dense multiply), so it is slower here.")
+CPU_BOTH_NOTE = (CPU_NOTE + " Activation sparsity likewise runs the masked dense product "
+                 "(mask, then the dense multiply) on the CPU.")
+SYNTHETIC_SAMPLE = 1 << 18   # |x| entries per site the synthetic thresholds are quantiles of
 
 
 class BenchCheckError(RuntimeError):
-    """The 2:4 run does not compute the dense model: ``.result`` has the full bench result."""
+    """The sparse run does not compute the model it should (the dense model, or with activation
+    sparsity the reference run): ``.result`` has the full bench result."""
 
     def __init__(self, message: str, result: dict):
         super().__init__(message)
@@ -110,6 +140,58 @@ def random_model(name_or_config_path: str, dtype: torch.dtype = torch.bfloat16,
     if prune:
         prune_24_(model)
     return model
+
+
+def check_activation_target(target) -> None:
+    """A synthetic activation target is a fraction in (0, 1)."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target < 1:
+        raise UsageError(f"--activation {target} is outside (0, 1): give the fraction of each "
+                         "linear's inputs to zero, e.g. 0.5")
+
+
+@torch.no_grad()
+def install_synthetic_activation(model: nn.Module, ids: torch.Tensor, target: float, *,
+                                 mode: str = "decode", sample: int = SYNTHETIC_SAMPLE,
+                                 seed: int = 0) -> dict[str, ActSparse]:
+    """TEAL-style scalar thresholds on the input of every decoder linear, zeroing about
+    ``target`` of its inputs: one forward of ``ids`` with hooks, the ``target`` quantile of |x|
+    over a random subsample (``sample`` entries) of each linear's input. A synthetic *speed*
+    setting, not a quality one (the thresholds come from this prompt, not from calibration
+    data, and ignore how earlier sites shift later ones). ``mode`` "decode": prefill stays
+    dense, as the activation-sparse kernel serves decode. Returns the wrappers by name."""
+    check_activation_target(target)
+    linears = prunable_linears(model)
+    if not linears:
+        raise UsageError("the model has no decoder linear layer to put activation sparsity on")
+    g = torch.Generator().manual_seed(seed)
+    thresholds: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module, args):
+            a = args[0].detach().reshape(-1)
+            if a.numel() > sample:
+                a = a[torch.randint(a.numel(), (sample,), generator=g).to(a.device)]
+            thresholds[name] = torch.quantile(a.abs().float(), float(target)).cpu()
+        return record
+
+    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears.items()]
+    try:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in linears if n not in thresholds]
+    if missing:
+        raise RuntimeError(f"the calibration forward never reached {missing[0]}")
+    spec = {"method": "teal", "mode": mode, "sites": {n: {"where": "input"} for n in linears}}
+    tensors = {f"{n}.threshold": thresholds[n] for n in linears}
+    return install_activation_sparsity(model, spec, tensors, mode=mode, count=False)
+
+
+def _exact_24(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` layers `sparsify_model_24` would swap."""
+    return [name for name, m in model.named_modules()
+            if type(m) is nn.Linear and m.in_features % 4 == 0 and is_24(m.weight.detach())]
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -208,23 +290,41 @@ def run_bench(model: nn.Module, tokenizer=None, batch: int = 1, prompt_len: int 
               new_tokens: int = 128, device: str | torch.device = "cuda",
               compile: bool | None = None, cuda_graph: bool | None = None, seed: int = 0,
               cusparselt: bool = False, check: bool = True, record_rows: int = 2,
-              corrupt=None) -> dict:
-    """Dense, then 2:4 (module swap, in place) on the same random prompt; see the module
-    docstring. Returns ``{"dense": {...}, "sparse": {...}, "speedup_decode",
-    "speedup_prefill", "memory_ratio", "swapped_layers", "max_logit_rel_diff",
-    "mean_logit_rel_diff", "prefill_logit_rel_diff", "logit_rows_compared",
-    "token_agreement", "tokens_match" (every teacher-forced argmax agrees), "tolerance",
-    "check_passed", "config": {...}}`` plus ``"note"`` on CPU. Each run dict has prefill
-    and decode tokens/s, decode ms/step, peak and weight bytes, whether the step was compiled
-    and captured in a CUDA graph, and the compile (plus warm-up) seconds.
+              corrupt=None, activation: float | None = None, activation_recipe: dict | None = None,
+              progress: Progress | None = None) -> dict:
+    """Dense, then sparse (2:4 module swap, in place; activation wrappers enabled) on the same
+    random prompt; see the module docstring. Returns ``{"dense": {...}, "sparse": {...},
+    "speedup_decode", "speedup_prefill", "memory_ratio", "swapped_layers",
+    "max_logit_rel_diff", "mean_logit_rel_diff", "prefill_logit_rel_diff",
+    "logit_rows_compared", "token_agreement", "tokens_match" (every teacher-forced argmax
+    agrees), "tolerance", "check_passed", "activation", "config": {...}}`` plus ``"note"`` on
+    CPU. Each run dict has prefill and decode tokens/s, decode ms/step, peak and weight bytes,
+    whether the step was compiled and captured in a CUDA graph, and the compile (plus warm-up)
+    seconds. ``"activation"`` is None without activation sparsity, else ``{"sites", "target",
+    "method", "mode", "synthetic", "reference"}`` (the reference run's dict; "target" and
+    "method" from ``activation_recipe``, the saved recipe, or None when unknown).
 
-    Raises :class:`BenchCheckError` when ``check`` and the logits disagree beyond the
-    tolerance, :class:`~sparsekit.errors.UsageError` when the model has no exact-2:4 linear.
-    ``cusparselt`` also builds cuSPARSELt copies (prefill; more memory). ``corrupt`` (tests):
-    called with the model after the swap, to break a 2:4 layer on purpose."""
+    ``activation``: install synthetic thresholds at that fraction first
+    (`install_synthetic_activation`; the model must have none). Raises
+    :class:`BenchCheckError` when ``check`` and the logits disagree beyond the tolerance,
+    :class:`~sparsekit.errors.UsageError` when the model has neither an exact-2:4 linear nor
+    activation sparsity. ``cusparselt`` also builds cuSPARSELt copies (prefill; more memory).
+    ``corrupt`` (tests): called with the model after the 2:4 swap, before the sparse run, to
+    break it on purpose.
+    ``progress(stage, done, total)``: called as each run starts."""
     device = torch.device(device)
     model = model.to(device).eval()
     densify_model_24(model)  # a loaded 2:4 model runs dense as its twin first
+    wrappers = activation_modules(model)
+    if activation is not None:
+        check_activation_target(activation)
+        if wrappers:
+            raise UsageError("the model already has activation thresholds: bench them without "
+                             "--activation, or load the model without them")
+    eligible = _exact_24(model)
+    if not eligible and not wrappers and activation is None:
+        raise UsageError("the model has no linear layer whose weight is exactly 2:4: prune it "
+                         "with --pattern 2:4 (or use --random), or give --activation")
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
@@ -232,42 +332,122 @@ def run_bench(model: nn.Module, tokenizer=None, batch: int = 1, prompt_len: int 
     if tokenizer is not None and getattr(tokenizer, "bos_token_id", None) is not None:
         ids[:, 0] = tokenizer.bos_token_id
     ids = ids.to(device)
+    if activation is not None:
+        notify(progress, f"calibrating synthetic activation thresholds ({activation:g} of linear inputs)")
+        wrappers = install_synthetic_activation(model, ids, activation, seed=seed)
+        eligible = _exact_24(model)  # the same linears, now named inside their wrappers
+    act = bool(wrappers)
+    counting = {name: w.count for name, w in wrappers.items()}
+    for w in wrappers.values():
+        w.count = False  # the counters need the mask: they would keep every call off the op
+    runs, done = 3 if act else 2, 0
+    set_activation_mode(model, enabled=False)
     _free(device)
+    notify(progress, "benchmarking dense", done, runs)
     dense = _run(model, ids, new_tokens, None, record_rows, compile, cuda_graph)
     dense["info"]["weight_bytes"] = _weight_bytes(model)
+    done += 1
     _free(device)
-    swapped = sparsify_model_24(model, cusparselt=cusparselt)
-    if not swapped:
-        raise UsageError("the model has no linear layer whose weight is exactly 2:4: prune it "
-                         "with --pattern 2:4 (or use --random)")
+    set_activation_mode(model, enabled=True)
+    teacher = dense["tokens"].to(device)
+    reference = None
+    if act:
+        notify(progress, "benchmarking the reference (same thresholds, masked dense product)", done, runs)
+        with act_dispatch.force("torch"):
+            reference = _run(model, ids, new_tokens, teacher, record_rows, compile, cuda_graph)
+        reference["info"]["weight_bytes"] = _weight_bytes(model)
+        done += 1
+        _free(device)
+    swapped = sparsify_model_24(model, names=eligible, cusparselt=cusparselt) if eligible else []
     if corrupt is not None:
         corrupt(model)
     _free(device)
-    teacher = dense["tokens"].to(device)
+    notify(progress, "benchmarking sparse", done, runs)
     sparse = _run(model, ids, new_tokens, teacher, record_rows, compile, cuda_graph)
     sparse["info"]["weight_bytes"] = _weight_bytes(model)
+    notify(progress, "benchmarking sparse", runs, runs)
     _free(device)
+    for name, w in wrappers.items():
+        w.count = counting[name]
     d, s = dense["info"], sparse["info"]
+    recipe = activation_recipe or {}
     result = {
         "dense": d,
         "sparse": s,
         "swapped_layers": len(swapped),
-        **compare(dense, sparse, dtype),
+        **compare(reference if act else dense, sparse, dtype),
         "speedup_decode": (s["decode_tokens_per_s"] / d["decode_tokens_per_s"]
                            if d["decode_tokens_per_s"] else None),
         "speedup_prefill": s["prefill_tokens_per_s"] / d["prefill_tokens_per_s"],
         "memory_ratio": (s["peak_memory_bytes"] / d["peak_memory_bytes"]
                          if d["peak_memory_bytes"] else None),
+        "activation": None if not act else {
+            "sites": len(wrappers),
+            "target": activation if activation is not None else recipe.get("target"),
+            "method": "teal" if activation is not None else recipe.get("method"),
+            "mode": "/".join(sorted({w.mode for w in wrappers.values()})),
+            "synthetic": activation is not None,
+            "reference": reference["info"],
+        },
         "config": dict(batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
-                       device=str(device), dtype=str(dtype).replace("torch.", ""),
+                       device=str(device), dtype=dtype_name(dtype),
                        cusparselt=cusparselt),
     }
     if device.type != "cuda":
-        result["note"] = CPU_NOTE
+        result["note"] = CPU_BOTH_NOTE if act and swapped else CPU_ACT_NOTE if act else CPU_NOTE
     if check and not result["check_passed"]:
+        what = ("the reference run's (dense weights, the same activation thresholds, masked "
+                "dense product)" if act else "the dense run's")
         raise BenchCheckError(
-            f"2:4 self-check failed: the sparse run's logits differ from the dense run's by "
-            f"{result['max_logit_rel_diff']:.3g} (relative L2, worst sequence and step; "
-            f"tolerance {result['tolerance']:g} for {result['config']['dtype']}): the 2:4 "
-            f"kernels computed a different model", result)
+            f"{'sparse' if act else '2:4'} self-check failed: the sparse run's logits differ from "
+            f"{what} by {result['max_logit_rel_diff']:.3g} (relative L2, worst sequence and step; "
+            f"tolerance {result['tolerance']:g} for {result['config']['dtype']}): the "
+            f"{'sparse' if act else '2:4'} kernels computed a different model", result)
     return result
+
+
+def bench(model: str | LoadedModel | None = None, *, random: str | None = None, batch: int = 1,
+          prompt: int = 512, new: int = 128, dtype: str = "bfloat16", device: str = "auto",
+          cusparselt: bool = False, eager: bool = False, check: bool = True,
+          activation: float | None = None, progress: Progress | None = None) -> dict:
+    """`sparsekit bench` as a library call: the `run_bench` result for ``model`` (a model
+    directory, export or hub id, loaded with its saved activation thresholds unless
+    ``activation`` is given) or for a ``random`` model (a `RANDOM_MODELS` name or a
+    config.json path, pruned 2:4 by magnitude). ``activation``: synthetic thresholds zeroing
+    that fraction of every decoder linear's inputs (a speed setting, not a quality one).
+    ``eager``: no torch.compile, no CUDA graph. Options are checked (one-line
+    :class:`~sparsekit.errors.UsageError`) before anything slow; never prints; raises
+    :class:`BenchCheckError` when ``check`` fails."""
+    if (model is None) == (random is None):
+        raise UsageError("give a MODEL or --random NAME (not both)")
+    if min(batch, prompt, new) < 1:
+        raise UsageError("--batch, --prompt and --new must be at least 1")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if activation is not None:
+        check_activation_target(activation)
+    dev = resolve_device(device)
+    if cusparselt and dev != "cuda":
+        raise UsageError("--cusparselt needs a GPU (--device cuda or auto)")
+    if model is not None:
+        check_model(model)
+    recipe = None
+    if random is not None:
+        quiet_transformers()
+        notify(progress, f"building random {random}")
+        try:
+            m = random_model(random, dtype=DTYPES[dtype], device=dev)
+        except (OSError, ValueError):
+            raise UsageError(f"--random {random}: not a known size or a readable config.json: use one of "
+                             f"{', '.join(RANDOM_MODELS)}, or a path to a config.json") from None
+        tok = None
+    else:
+        loaded, _ = load(model, progress=progress, dtype=dtype, device=dev,
+                         activation="off" if activation is not None else "auto")
+        m, tok = loaded.model, loaded.tokenizer
+        if activation is None:
+            recipe = (loaded.meta or {}).get("activation")
+    return run_bench(m, tok, batch=batch, prompt_len=prompt, new_tokens=new, device=dev,
+                     cusparselt=cusparselt, check=check, activation=activation,
+                     activation_recipe=recipe, progress=progress,
+                     **({"compile": False, "cuda_graph": False} if eager else {}))

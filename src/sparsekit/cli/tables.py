@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from rich.table import Table
 from torch import nn
 
-from sparsekit.anatomy import decoder_layers
+from sparsekit.activation.stage import by_role
+from sparsekit.anatomy import decoder_layers, layer_index
 
 MIB = 2 ** 20
 
@@ -19,7 +18,7 @@ def prune_table(run, model: nn.Module) -> Table:
     path, _ = decoder_layers(model)
     rows: dict[int, list] = {}  # layer -> [linears, target zeros, zeros, numel, math seconds, swaps]
     for r in run.layers:
-        idx = int(re.match(re.escape(path) + r"\.(\d+)\.", r.name).group(1))
+        idx = layer_index(path, r.name)
         weight = model.get_submodule(r.name).weight
         acc = rows.setdefault(idx, [0, 0.0, 0, 0, 0.0, None])
         acc[0] += 1
@@ -41,9 +40,10 @@ def prune_table(run, model: nn.Module) -> Table:
     return table
 
 
-def allocation_table(kind: str, allocation: dict[str, float], values: dict[str, float] | None) -> Table:
-    """`--layerwise`: the sparsity chosen for each decoder layer (and the OWL/DLP value behind it)."""
-    label = {"owl": "outlier ratio", "dlp": "mean Wanda score"}.get(kind)
+def allocation_table(kind: str, allocation: dict[str, float], values: dict[str, float] | None,
+                     label: str | None = None) -> Table:
+    """`--layerwise`: the sparsity chosen for each decoder layer (and the value behind it, e.g.
+    OWL's outlier ratio, named ``label``)."""
     table = Table(title=f"Layer sparsities ({kind})")
     table.add_column("layer")
     if values and label:
@@ -58,8 +58,6 @@ def allocation_table(kind: str, allocation: dict[str, float], values: dict[str, 
 def activation_table(section: dict) -> Table:
     """`prune --activation`: per site type, the target and the sparsity measured on the
     calibration data with the thresholds set."""
-    from sparsekit.activation.stage import by_role
-
     table = Table(title=f"Activation sparsity ({section['method']}, {section['allocation']}, mode {section['mode']})")
     for col in ("site", "sites", "target", "on calibration data"):
         table.add_column(col, justify="left" if col == "site" else "right")
