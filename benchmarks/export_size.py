@@ -2,7 +2,7 @@
 
 The model is loaded in bf16 and pruned 2:4 by magnitude right here (the size of a 2:4
 export does not depend on how the mask was chosen), saved as a pruned directory, then
-exported as sparse24, bitmask and dense and loaded back with ``sparsekit.export.load``.
+exported as sparse24, bitmask and dense and loaded back with ``sparsekit.exporting.load``.
 Prints a markdown table. CPU is fine:
 
     python benchmarks/export_size.py            # demo model; first run converts the GGUF
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from sparsekit.export.loader import describe
-from sparsekit.export.writer import export_model
+from sparsekit.exporting.loader import describe
+from sparsekit.exporting.writer import export_model
 from sparsekit.loading import load
 from sparsekit.kernels.sparse24 import mask_24_magnitude
 from sparsekit.loading import load_model

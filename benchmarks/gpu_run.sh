@@ -33,8 +33,8 @@ case $part in
       $py -c "import sys, torch, triton, transformers; print(sys.version.split()[0], torch.__version__, \
 triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
     } 2>&1 | tee "$out/gpu.txt"
-    step 120 "$out/pytest.log" $py -m pytest -q -p no:cacheprovider -x tests/test_kernels.py \
-      tests/test_runtime_24.py tests/test_bench.py tests/test_obs_kernel.py
+    step 120 "$out/pytest.log" $py -m pytest -q -p no:cacheprovider -x tests/kernels tests/runtime \
+      tests/workflows/test_bench.py
     # bf16 sweep at M = 1..8192, then the chosen configs in fp16; prints the DISPATCH tables
     step 330 "$out/kernels.log" $py benchmarks/kernels.py --tune --budget 260 \
       --out "$out/kernels.json"

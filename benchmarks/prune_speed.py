@@ -18,10 +18,10 @@ import time
 import torch
 
 from sparsekit.workflows.bench import RANDOM_MODELS, random_model
-from sparsekit.calibrate.engine import activation_bytes
+from sparsekit.calibration.engine import activation_bytes
 from sparsekit.dtypes import DTYPES
 from sparsekit.anatomy import prunable_linears
-from sparsekit.prune.pipeline import prune_model
+from sparsekit.pruning.pipeline import prune_model
 from sparsekit.recipe import Calibration, make_recipe
 
 

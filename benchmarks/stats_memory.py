@@ -80,7 +80,7 @@ def build(model: str, layers: int | None, dtype: torch.dtype):
 
 def calibrate(model, path: Path, nsamples: int, seqlen: int, mode: str) -> dict:
     """`sparsekit calibrate --hessian` on random tokens: the engine feeds the writer."""
-    from sparsekit.calibrate.engine import run_sequential
+    from sparsekit.calibration.engine import run_sequential
     from sparsekit.files.statsfile import StatsWriter, fingerprint
     from sparsekit.anatomy import prunable_linears
 

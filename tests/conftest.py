@@ -1,9 +1,19 @@
 """Shared fixtures: tiny random models of several architectures (built from configs, no
-download), a tiny tokenizer trained on the shipped text fixture, and a CLI runner."""
+download), a tiny tokenizer trained on the shipped text fixture, and a CLI runner; and the few
+helpers that tests in more than one folder use (library tests in the folder of the package area
+they test, command-line tests in cli/).
+
+Test modules in the subfolders import from here with ``from conftest import ...``: pytest's default
+import mode puts this folder on ``sys.path`` when it loads this file (it has no ``__init__.py``)
+and each test module's own folder when it loads that module, so only this file is shared across
+folders; test module names are unique across folders for the same reason."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -20,6 +30,7 @@ if not torch.cuda.is_available():
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 # Text for tests: the fixture shipped in tests/data (valid.txt, test.txt; see generate.py there),
 # so results never depend on the machine. SPARSEKIT_TEST_DATA points at another folder holding
 # the same two file names (e.g. the WikiText-2 files), for manual runs only.
@@ -132,3 +143,107 @@ def cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+# ---------------------------------------------------------------- helpers shared across folders
+def independent_ppl(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+                    bos: int | None = None) -> float:
+    """The SparseGPT/Wanda protocol written out plainly: exp(mean over windows of mean CE).
+    With `bos`, each window's first (never scored) token is replaced by it."""
+    n = ids.numel() // seqlen
+    if max_windows:
+        n = min(n, max_windows)
+    per_window = []
+    with torch.no_grad():
+        for w in range(n):
+            chunk = ids[w * seqlen:(w + 1) * seqlen].clone().unsqueeze(0)
+            if bos is not None:
+                chunk[0, 0] = bos
+            logp = torch.log_softmax(model(chunk).logits[0, :-1].double(), dim=-1)
+            per_window.append(-logp.gather(1, chunk[0, 1:, None]).mean().item())
+    return math.exp(sum(per_window) / n)
+
+
+def layer_outputs(model, run):
+    """Outputs of every decoder layer while `run()` executes, per call."""
+    from sparsekit.anatomy import decoder_layers
+
+    _, layers = decoder_layers(model)
+    seen = {i: [] for i in range(len(layers))}
+    hooks = [layer.register_forward_hook(
+        lambda m, a, out, i=i: seen[i].append((out[0] if isinstance(out, tuple) else out).detach().clone()))
+        for i, layer in enumerate(layers)]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def make_pruned(path: Path, tokenizer, arch: str = "llama", dtype=torch.float32,
+                pattern: str = "2:4", edit=None, shard: str | None = None, extra=None,
+                tied: bool = False):
+    """A pruned directory as `sparsekit prune` writes it; returns (path, model, targets)."""
+    from sparsekit.anatomy import prunable_linears
+    from sparsekit.kernels.sparse24 import mask_24_magnitude
+
+    model = tiny_model(arch, dtype=dtype) if not tied else tied_model(arch, dtype)
+    targets = prunable_linears(model)
+    with torch.no_grad():
+        for lin in targets.values():
+            w = lin.weight
+            if pattern == "2:4":
+                w.mul_(mask_24_magnitude(w))
+            else:  # unstructured 50% by magnitude
+                w.mul_(w.abs() >= w.abs().float().median().to(w.dtype))
+        if edit is not None:
+            edit(model, targets)
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.save_pretrained(path, **kwargs)
+    tokenizer.save_pretrained(path)
+    meta = {"sparsekit_version": "0.1.0",
+            "recipe": {"method": "magnitude", "pattern": pattern, "sparsity": 0.5,
+                       "targets": None, "ignore": None},
+            "layers": {n: {"target": 0.5, "achieved": 0.5} for n in targets},
+            "achieved_sparsity": 0.5, **(extra or {})}
+    (path / "sparsekit.json").write_text(json.dumps(meta))
+    return path, model, sorted(targets)
+
+
+def tied_model(arch: str, dtype):
+    """Like tiny_model but with lm_head tied to the embedding (as in Gemma-3-270M)."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.08)
+    return model.eval()
+
+
+def st_header(file: Path) -> dict:
+    """The JSON header of a safetensors file, read by hand (independent of the code tested)."""
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def all_headers(directory: Path) -> dict:
+    out = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        out.update({k: v for k, v in st_header(file).items() if k != "__metadata__"})
+    return out
+
+
+def scramble_one_layer(model):
+    """Reverse the output rows of one 2:4 layer: a wrong tile order, as a kernel bug would."""
+    from sparsekit.runtime.sparse24_linear import Sparse24Linear
+
+    layer = model.model.layers[1].mlp.down_proj
+    assert isinstance(layer, Sparse24Linear)
+    with torch.no_grad():
+        layer.values.copy_(layer.values.flip(1))
+        layer.meta.copy_(layer.meta.flip(1))

@@ -20,15 +20,15 @@ LAYERS = [
     ("base", [r"sparsekit\.(errors|version|dtypes|network|registry|signals)"]),
     ("kernels", [r"sparsekit\.kernels(\..*)?"]),
     ("anatomy", [r"sparsekit\.anatomy"]),
-    ("math", [r"sparsekit\.prune\.(masks|sparsegpt|dsnot|allocation)", r"sparsekit\.calibrate\.stats",
-              r"sparsekit\.activation\.(sketch|thresholds|allocation)", r"sparsekit\.export\.formats",
+    ("math", [r"sparsekit\.pruning\.(masks|sparsegpt|dsnot|allocation)", r"sparsekit\.calibration\.stats",
+              r"sparsekit\.activation\.(sketch|thresholds|allocation)", r"sparsekit\.exporting\.formats",
               r"sparsekit\.eval\.(perplexity|sparsity)"]),
-    ("engine", [r"sparsekit\.calibrate\.(capture|engine)"]),
+    ("engine", [r"sparsekit\.calibration\.(capture|engine)"]),
     ("runtime", [r"sparsekit\.runtime(\..*)?"]),
     ("data", [r"sparsekit\.data"]),
     ("files", [r"sparsekit\.files(\..*)?"]),
-    ("plugins", [r"sparsekit\.prune(\..*)?", r"sparsekit\.activation(\..*)?", r"sparsekit\.export(\..*)?",
-                 r"sparsekit\.recipe", r"sparsekit\.calibrate", r"sparsekit\.eval"]),
+    ("plugins", [r"sparsekit\.pruning(\..*)?", r"sparsekit\.activation(\..*)?", r"sparsekit\.exporting(\..*)?",
+                 r"sparsekit\.recipe", r"sparsekit\.calibration", r"sparsekit\.eval"]),
     ("loading", [r"sparsekit\.loading"]),
     ("workflows", [r"sparsekit\.workflows(\..*)?"]),
     ("cli", [r"sparsekit\.cli(\..*)?", r"sparsekit\.__main__"]),
@@ -174,12 +174,12 @@ def test_the_checker_fails_on_a_violation(tmp_path):
     with pytest.raises(AssertionError, match="inside a function"):
         test_function_level_imports_are_heavy_optional_libraries(
             "sparsekit.cli.x", Path("x.py"), ast.parse("def f():\n    import sparsekit.data\n"))
-    for imported in ("sparsekit.prune.methods import METHODS", "sparsekit.files.meta import META_FILE",
+    for imported in ("sparsekit.pruning.methods import METHODS", "sparsekit.files.meta import META_FILE",
                      "sparsekit.cli import main", "sparsekit.workflows.prune import prune"):
         with pytest.raises(AssertionError, match=r"\((engine|math)\) imports"):
-            test_imports_follow_the_layers("sparsekit.calibrate.engine", Path("e.py"), ast.parse(f"from {imported}\n"))
+            test_imports_follow_the_layers("sparsekit.calibration.engine", Path("e.py"), ast.parse(f"from {imported}\n"))
         with pytest.raises(AssertionError, match=r"\((engine|math)\) imports"):
-            test_imports_follow_the_layers("sparsekit.prune.masks", Path("m.py"), ast.parse(f"from {imported}\n"))
+            test_imports_follow_the_layers("sparsekit.pruning.masks", Path("m.py"), ast.parse(f"from {imported}\n"))
 
 
 def test_importing_kernels_loads_nothing_else_from_sparsekit():

@@ -135,12 +135,14 @@ def test_with_bos_replaces_the_first_token_only():
 
 
 def test_eval_windows_with_bos_keep_count_and_scored_tokens(tiny_tokenizer):
-    from sparsekit.data import eval_windows
+    """Evaluation windows as `sparsekit eval` cuts them: the text's token stream in windows; with
+    BOS, each window's first (unscored) token replaced by it."""
+    from sparsekit.data import eval_tokens, with_bos
 
     path = str(data_file("test"))
     bos = tiny_tokenizer.bos_token_id
-    plain = eval_windows(tiny_tokenizer, path, 32, max_windows=5)
-    with_ = eval_windows(tiny_tokenizer, path, 32, max_windows=5, bos=True)
+    plain = windows(eval_tokens(tiny_tokenizer, path, 32), 32, max_windows=5)
+    with_ = with_bos(plain, bos)
     assert plain.shape == with_.shape == (5, 32)
     assert plain[0, 0] == bos and (plain[1:, 0] != bos).all()  # one BOS in the stream, at its start
     assert (with_[:, 0] == bos).all() and torch.equal(with_[:, 1:], plain[:, 1:])
@@ -251,13 +253,13 @@ def test_named_joins(fake_named):
 
 
 def test_c4_protocols(fake_named):
-    from sparsekit.data import calibration_windows, eval_tokens, eval_windows
+    from sparsekit.data import calibration_windows, eval_tokens
 
     tok = WordTokenizer()
     ids = eval_tokens(tok, "c4", seqlen=4)
     assert tok.texts == [" ".join(fake_named[("c4", "test")])]
     assert ids.numel() == 256 * 4 and torch.equal(ids, torch.tensor(tok.ids(tok.texts[0])[:1024]))
-    assert eval_windows(tok, "c4", 4).shape == (256, 4)
+    assert windows(eval_tokens(tok, "c4", 4), 4).shape == (256, 4)
     assert eval_tokens(tok, "c4").numel() > 1024  # without a seqlen nothing is cut
     tok = WordTokenizer()
     w = calibration_windows(tok, "c4", 8, 40, seed=0, bos=True)
@@ -268,19 +270,44 @@ def test_c4_protocols(fake_named):
         calibration_windows(tok, "c4", 8, 40, sampling="first")
 
 
-def test_check_data_request_is_instant_for_local_sources(tmp_path):
-    import time
+def never(what):
+    """A stand-in that fails the test if it is called."""
+    def fail(*a, **k):
+        raise AssertionError(f"{what}")
+    return fail
 
+
+def cut_off_network(monkeypatch):
+    """Any attempt to reach the hub, by the probe, `datasets` or a plain socket, fails the test."""
+    import socket
+
+    import datasets
+
+    import sparsekit.data as data
+
+    monkeypatch.setattr(data, "hub_reachable", never("the hub was probed"))
+    monkeypatch.setattr(datasets, "load_dataset", never("datasets.load_dataset was called"))
+    monkeypatch.setattr(socket, "create_connection", never("a network connection was attempted"))
+    monkeypatch.setattr(socket.socket, "connect", never("a network connection was attempted"))
+
+
+def test_check_data_request_is_instant_for_local_sources(tmp_path, monkeypatch):
+    """Local sources are checked without parsing their rows (`_file_rows` is never called) and
+    without asking the network (no offline variable set, nothing remembered from a probe)."""
+    import sparsekit.data as data
     from sparsekit.data import check_data_request
 
     (tmp_path / "a.txt").write_text("x\n")
     (tmp_path / "x.csv").write_text("a\n")
     (tmp_path / "empty").mkdir()
-    start = time.perf_counter()
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_PROBE", {})
+    monkeypatch.setattr(data, "_file_rows", never("a data file was read"))
+    cut_off_network(monkeypatch)
     check_data_request(str(tmp_path / "a.txt"), "test")
     check_data_request(str(tmp_path), "calibration", "first")
     check_data_request("self", "calibration", "random")
-    assert time.perf_counter() - start < 0.1
     cases = [((str(tmp_path / "missing.txt"), "test"), "no such file or folder"),
              ((str(tmp_path / "x.csv"), "test"), "unsupported data file type '.csv'"),
              ((str(tmp_path / "empty"), "test"), "folder has no"),
@@ -294,13 +321,13 @@ def test_check_data_request_is_instant_for_local_sources(tmp_path):
 
 
 def test_named_datasets_fail_fast_offline(monkeypatch, tmp_path):
-    import time
-
+    """Offline (HF_DATASETS_OFFLINE) and not cached: refused at once, without a probe, a connection
+    attempt or a call into `datasets`."""
     import sparsekit.data as data
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    start = time.perf_counter()
+    cut_off_network(monkeypatch)
     for name in data.NAMED:
         with pytest.raises(UsageError, match=f"--data {name}: the Hugging Face hub is not reachable and {name} "
                                              "is not in the local datasets cache"):
@@ -309,7 +336,6 @@ def test_named_datasets_fail_fast_offline(monkeypatch, tmp_path):
             data.eval_tokens(WordTokenizer(), name)
     with pytest.raises(UsageError, match="hub is not reachable"):
         data.calibration_windows(WordTokenizer(), "c4", 2, 8)
-    assert time.perf_counter() - start < 5
     # with a cached copy, offline validation passes (loading then reads the cache only)
     (tmp_path / "allenai___c4" / "default" / "0.0.0" / "abc").mkdir(parents=True)
     assert data.is_cached("c4") and not data.is_cached("wikitext2")
@@ -317,24 +343,39 @@ def test_named_datasets_fail_fast_offline(monkeypatch, tmp_path):
 
 
 def test_named_dataset_with_the_real_network_probe(monkeypatch, tmp_path):
-    """No offline variable: the 3 s probe decides at once (this machine has no network)."""
-    import time
+    """No offline variable: the real probe decides, with one connection attempt (3 s timeout) whose
+    answer is remembered. The network is a stand-in that refuses, then accepts, the connection."""
+    import socket
 
     import sparsekit.data as data
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_PROBE", {})
-    start = time.perf_counter()
-    try:
-        data.check_data_request("wikitext2", "test")
-        reachable = True
-    except UsageError as exc:
-        assert "hub is not reachable" in str(exc)
-        reachable = False
-    assert time.perf_counter() - start < 10
-    assert reachable == (not data._offline())
+
+    class Connection:
+        def close(self):
+            pass
+
+    for reachable in (False, True):
+        attempts = []
+
+        def create_connection(address, timeout=None, *a, **k):
+            attempts.append(timeout)
+            if not reachable:
+                raise OSError("network is unreachable")
+            return Connection()
+
+        monkeypatch.setattr(data, "_PROBE", {})
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+        try:
+            data.check_data_request("wikitext2", "test")
+            passed = True
+        except UsageError as exc:
+            assert "hub is not reachable" in str(exc)
+            passed = False
+        assert passed == reachable == (not data._offline())
+        assert attempts == [3.0]  # one probe, remembered for the next question
 
 
 def test_unreachable_hub_never_calls_datasets(monkeypatch, tmp_path):

@@ -1,11 +1,12 @@
-"""The pruning recipe: every option validated once, before any model is loaded."""
+"""The pruning recipe: every option validated once, before any model is loaded (on the command line:
+tests/cli/test_cli_prune.py)."""
 
 import json
 
 import pytest
 
 from sparsekit.errors import UsageError
-from sparsekit.prune.methods import METHODS
+from sparsekit.pruning.methods import METHODS
 from sparsekit.recipe import Calibration, make_calibration, make_recipe
 
 
@@ -97,52 +98,6 @@ def test_stats_with_a_method_that_reads_none_is_refused(tmp_path):
     stats.write_bytes(b"x")
     with pytest.raises(UsageError, match="--method magnitude uses no calibration statistics"):
         make_recipe(method="magnitude", calibration=make_calibration(stats=str(stats)))
-    # with a refiner the statistics are read
-    assert make_recipe(method="magnitude", refine="dsnot", calibration=Calibration(stats=str(stats)))
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--pattern", "1:4", "--sparsity", "0.5"], "pattern 1:4 prunes exactly 1/4"),
-    (["--method", "magnitude", "--stats", "{stats}"], "--method magnitude uses no calibration statistics"),
-    (["--stats", "{stats}", "--data", "{data}"], "--data would be ignored"),
-    (["--stats", "{stats}", "--nsamples", "4", "--seed", "3"], "--nsamples, --seed would be ignored"),
-    (["--stats", "{missing}"], "no such file"),
-    (["--nsamples", "0"], "--nsamples must be at least 1"),
-    (["--seqlen", "0"], "--seqlen must be at least 2"),
-    (["--seqlen", "1"], "--seqlen must be at least 2"),
-    (["--seqlen", "-5"], "--seqlen must be at least 2"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--method", "sparsegpt", "--blocksize", "0"], "--blocksize must be at least 1"),
-    (["--method", "sparsegpt", "--percdamp", "-1"], "--percdamp must be a positive"),
-    (["--sampling", "foo"], "unknown --sampling 'foo'"),
-    (["--method", "obc"], "unknown --method 'obc'"),
-    (["--ignore", "layers.(0"], "not a valid regular expression"),
-    (["--data", "{missing}"], "no such file"),
-    (["--bos", "maybe"], "unknown --bos 'maybe'"),
-    (["--save-dtype", "int8"], "unknown --save-dtype 'int8'"),
-    (["--layerwise", "dlp", "--pattern", "2:4"], "an N:M pattern fixes"),
-    (["--dtype", "float8"], "unknown --dtype 'float8'"),
-    (["--device", "tpu"], "unknown --device 'tpu'"),
-])
-def test_cli_rejects_bad_options_before_loading(args, message, cli, tmp_path, monkeypatch):
-    """Each bad option is one line and exit code 2, found before the model is even looked at."""
-    import sparsekit.loading
-
-    def no_loading(*a, **k):
-        raise AssertionError("the model was loaded before the options were checked")
-
-    monkeypatch.setattr(sparsekit.loading, "load_model", no_loading)
-    monkeypatch.setattr(sparsekit.loading, "load", no_loading)
-    monkeypatch.setattr(sparsekit.loading, "load_config", no_loading)
-    stats = tmp_path / "s.safetensors"
-    stats.write_bytes(b"x")
-    data = tmp_path / "d.txt"
-    data.write_text("some text\n")
-    fill = {"stats": stats, "data": data, "missing": tmp_path / "missing.txt"}
-    args = [a.format(**fill) for a in args]
-    out = tmp_path / "out"
-    code, _, stderr = cli("prune", "no-such-model-dir-needed", "-o", out, *args)
-    assert code == 2, stderr
-    assert message in stderr and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
-    assert not out.exists()
+    # with a refiner the statistics are read, so the file itself is checked before anything loads
+    with pytest.raises(UsageError, match=r"damaged statistics file \(only 1 bytes, not even a header\)"):
+        make_recipe(method="magnitude", refine="dsnot", calibration=Calibration(stats=str(stats)))

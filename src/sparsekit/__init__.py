@@ -18,6 +18,17 @@ from sparsekit.version import __version__
 _API = {
     "load": "sparsekit.loading",
     "LoadedModel": "sparsekit.loading",
+    "make_recipe": "sparsekit.recipe",
+    "make_calibration": "sparsekit.recipe",
+    "recipe_from_json": "sparsekit.recipe",
+    "Recipe": "sparsekit.recipe",
+    "Calibration": "sparsekit.recipe",
+    "calibrate": "sparsekit.workflows.calibrate",
+    "prune": "sparsekit.workflows.prune",
+    "evaluate": "sparsekit.workflows.evaluate",
+    "export": "sparsekit.workflows.export",
+    "bench": "sparsekit.workflows.bench",
+    "info": "sparsekit.workflows.info",
 }
 
 __all__ = ["__version__", *_API]

@@ -28,6 +28,7 @@ same seed, data and tokenizer give the reference's windows.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -161,18 +162,24 @@ def is_cached(name: str) -> bool:
     return folder.is_dir() and any(p.is_dir() for p in folder.glob("*/*/*"))
 
 
-def _unavailable(name: str) -> UsageError:
-    return UsageError(f"--data {name}: the Hugging Face hub is not reachable and {name} is not in the local "
-                      "datasets cache: pass a local .txt/.jsonl/.json/.parquet file or folder instead")
+def _unavailable(name: str, split: str = "test", why: str | None = None) -> UsageError:
+    """The data cannot be had offline. ``why``: the options that need the data, when ``name`` is a
+    default the user did not choose (so the message says what needs data, not just what failed)."""
+    local = "a local .txt/.jsonl/.json/.parquet file or folder"
+    instead = f"{local} or --data self (text the model samples itself)" if split == "calibration" else local
+    lead = (f"{why} needs {'calibration' if split == 'calibration' else 'evaluation'} text and the default is "
+            f"--data {name}, but" if why else f"--data {name}:")
+    return UsageError(f"{lead} the Hugging Face hub is not reachable and {name} is not in the local datasets "
+                      f"cache: pass {instead} instead")
 
 
-def _require_named(name: str) -> None:
+def _require_named(name: str, split: str = "test", why: str | None = None) -> None:
     """Fail at once, before any model loading, when a named dataset cannot be had."""
     if importlib.util.find_spec("datasets") is None:
         raise UsageError(f"--data {name} needs the `datasets` package: pip install datasets, "
                          "or pass a local .txt/.jsonl/.json/.parquet file")
     if _offline() and not is_cached(name):
-        raise _unavailable(name)
+        raise _unavailable(name, split, why)
 
 
 class _Column(Sequence[str]):
@@ -197,7 +204,7 @@ class _Column(Sequence[str]):
 def _load_named(name: str, split: str):
     """The `datasets.Dataset` of a named dataset's eval ('test') or calibration split.
     Offline (no hub) it is read from the local cache only, or fails at once."""
-    _require_named(name)
+    _require_named(name, split)
     import datasets
 
     spec = DATASETS[name]
@@ -212,7 +219,7 @@ def _load_named(name: str, split: str):
         return datasets.load_dataset(spec.hub_id, spec.config, split=which)
     except Exception as exc:  # datasets raises many types when offline or on a broken cache
         if offline:
-            raise _unavailable(name) from None
+            raise _unavailable(name, split) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"--data {name}: could not load the dataset ({first[:160]}): "
                          "pass a local .txt/.jsonl/.json/.parquet file or folder instead") from None
@@ -283,18 +290,35 @@ def _local_files(source: str) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- validation
-def check_data_request(source: str, split: str = "calibration", sampling: str | None = None) -> None:
+def check_data_request(source: str, split: str = "calibration", sampling: str | None = None,
+                       why: str | None = None) -> None:
     """Validate a data request before anything heavy is loaded; raises a one-line UsageError.
 
     Checks the source name, that a local file or folder exists and has a supported type, the
     sampling mode (and that it fits the source), and for named datasets that `datasets` is
     installed and that the data can be had: the hub answers, or the local cache holds it
     (offline this returns or fails within the 3 s hub probe, never after retries).
-    `split` is 'test' (evaluation) or 'calibration'.
+    `split` is 'test' (evaluation) or 'calibration'. ``why``: the options that need the data when
+    ``source`` is a default the user did not choose (named in the message if it cannot be had).
+    A local source with no text in it is refused too.
     """
     _check_form(source, split, sampling)
     if source in NAMED:
-        _require_named(source)
+        _require_named(source, split, why)
+    elif source != "self" and not any(_has_text(f) for f in _local_files(source)):
+        raise UsageError(f"--data {source}: the data is empty: give a file with some text in it")
+
+
+def _has_text(path: Path, probe: int = 1 << 16) -> bool:
+    """Whether a local data file holds any non-blank text (its first 64 KiB, or any byte for a
+    binary parquet file)."""
+    if path.stat().st_size == 0:
+        return False
+    if path.suffix.lower() == ".parquet":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    return bool(head.strip()) or path.stat().st_size > probe
 
 
 def _check_form(source: str, split: str, sampling: str | None) -> None:
@@ -367,14 +391,6 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> t
     return ids[: n * seqlen].view(n, seqlen)
 
 
-def eval_windows(tokenizer, source: str, seqlen: int, max_windows: int | None = None,
-                 bos: bool = False) -> torch.Tensor:
-    """Evaluation windows [n, seqlen] of a source by its protocol; with `bos`, every window
-    starts with the tokenizer's BOS (`with_bos`)."""
-    w = windows(eval_tokens(tokenizer, source, seqlen), seqlen, max_windows)
-    return with_bos(w, tokenizer.bos_token_id) if bos else w
-
-
 # ---------------------------------------------------------------------------- calibration
 def stream_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     """`nsamples` windows of one token stream, starts drawn as the reference does:
@@ -423,14 +439,16 @@ def document_windows(documents: Sequence[str], tokenize: Callable[[str], torch.T
 
 
 def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
-                        sampling: str = "random", model=None, bos: bool = False) -> torch.Tensor:
+                        sampling: str = "random", model=None, bos: bool = False,
+                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`nsamples` windows of `seqlen` tokens for calibration: [nsamples, seqlen].
 
     - random: window starts drawn from the tokenized text (`stream_windows`); for c4, one
       window per random long-enough document (`document_windows`);
     - first: the first `nsamples` non-overlapping windows (no randomness; not for c4).
     `source` "self" samples the text from `model` instead (see `self_generated`; it already
-    starts from BOS). With `bos`, every window's first token is the tokenizer's BOS (`with_bos`).
+    starts from BOS; ``progress(tokens done, total)`` follows the generation). With `bos`, every
+    window's first token is the tokenizer's BOS (`with_bos`).
     """
     if nsamples < 1:
         raise UsageError(f"--nsamples must be at least 1, got {nsamples}")
@@ -438,7 +456,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     if source == "self":
         if model is None:
             raise UsageError("--data self needs the model to generate from")
-        return self_generated(model, tokenizer, nsamples, seqlen, seed)
+        return self_generated(model, tokenizer, nsamples, seqlen, seed, progress=progress)
     if source == "c4":
         bos_id = getattr(tokenizer, "bos_token_id", None)
 
@@ -458,25 +476,50 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     return with_bos(w, tokenizer.bos_token_id) if bos else w
 
 
-@torch.no_grad()
-def self_generated(model, tokenizer, nsamples: int, seqlen: int, seed: int = 0,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Calibration text sampled from the model itself, starting from its BOS token (temperature 1).
+def _forward_kwargs(model) -> tuple[str, bool]:
+    """(the KV-cache keyword of ``model.forward``: "cache" in newer transformers, whether it takes
+    ``logits_to_keep``)."""
+    params = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
-    Data-free calibration: no corpus is needed, and self-generated text is competitive with
-    real text for pruning in the literature.
+
+@torch.no_grad()
+def self_generated(model, tokenizer, nsamples: int, seqlen: int, seed: int = 0, batch_size: int = 64,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Calibration text sampled from the model itself, starting from its BOS token: [nsamples, seqlen].
+
+    Data-free calibration: no corpus is needed, and self-generated text is competitive with real
+    text for pruning in the literature. Plain sampling at temperature 1 from the full vocabulary,
+    end-of-sequence tokens excluded (every window is ``seqlen`` tokens of text), batched, with a KV
+    cache and logits of the newest position only (a 262k vocabulary is never materialised for the
+    whole sequence). Seeded: the same seed gives the same text. ``progress(tokens done, total)``.
     """
+    from transformers import DynamicCache
+
     bos = tokenizer.bos_token_id
     if bos is None:
         bos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None:
+        eos.append(tokenizer.eos_token_id)
     device = model_device(model)
-    torch.manual_seed(seed)
+    cache_arg, keep_last = _forward_kwargs(model)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total, done = nsamples * (seqlen - 1), 0
     out = []
     for start in range(0, nsamples, batch_size):
         b = min(batch_size, nsamples - start)
-        prompt = torch.full((b, 1), bos, dtype=torch.long, device=device)
-        seq = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
-                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seqlen - 1,
-                             min_new_tokens=seqlen - 1, pad_token_id=tokenizer.pad_token_id or bos)
-        out.append(seq[:, :seqlen].cpu())
+        seq = torch.full((b, seqlen), bos, dtype=torch.long, device=device)
+        cache = DynamicCache(config=model.config)
+        for t in range(1, seqlen):
+            kwargs = {cache_arg: cache, "use_cache": True, **({"logits_to_keep": 1} if keep_last else {})}
+            logits = model(input_ids=seq[:, t - 1: t], **kwargs).logits[:, -1].float()
+            if eos:
+                logits[:, sorted(set(e for e in eos if 0 <= e < logits.shape[-1]))] = float("-inf")
+            seq[:, t] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).squeeze(1)
+            done += b
+            if progress is not None:
+                progress(done, total)
+        out.append(seq.cpu())
     return torch.cat(out)

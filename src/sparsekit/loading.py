@@ -9,7 +9,6 @@ from, and sparsekit's metadata (``sparsekit.json``) as a field, never an attribu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,8 +22,8 @@ from torch import nn
 from sparsekit.anatomy import TESTED_ARCHITECTURES, check_prunable_config, check_prunable_model, decoder_layers
 from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
-from sparsekit.export.codecs import FORMATS
-from sparsekit.export.loader import is_export, load_export, load_tokenizer
+from sparsekit.exporting.codecs import FORMATS
+from sparsekit.exporting.loader import is_export, load_export, load_tokenizer
 from sparsekit.files.layout import check_safetensors
 from sparsekit.files.meta import read_meta
 from sparsekit.files.thresholds import load_activation
@@ -326,6 +325,37 @@ def install_saved_activation(model: nn.Module, directory: str | Path, meta: dict
     install_activation_sparsity(model, section, tensors, mode=None if activation == "auto" else activation,
                                 count=False)
     return section
+
+
+def skeleton(spec: str | Path, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
+             trust_remote_code: bool = False, for_pruning: bool = False) -> nn.Module:
+    """The model ``spec`` names, built weightless on the meta device from its config (seconds even
+    for a 70B model): its module names, shapes and the dtype `load` would give, for the checks that
+    need the model's layers before any weight is read. Refuses what `load` refuses for pruning."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    fmt = is_export(path) if path.is_dir() else None
+    if fmt is not None and FORMATS[fmt].compressed and for_pruning:
+        raise UsageError(f"{spec} is a compressed export: prune or calibrate the model directory it was "
+                         "exported from (or a --format dense export)")
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    config, _, _ = load_config(spec, trust_remote_code)
+    check_supported(config)
+    if for_pruning:
+        check_prunable_config(config)
+    if torch_dtype == "auto":
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        torch_dtype = stored if isinstance(stored, torch.dtype) else DTYPES.get(str(stored).replace("torch.", ""),
+                                                                                   torch.float32)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    decoder_layers(model)
+    if for_pruning:
+        check_prunable_model(model)
+    return model
 
 
 def load(spec: str | Path, *, device: str = "cpu", dtype: str | torch.dtype | None = None,

@@ -2,9 +2,9 @@
 is loaded, into an immutable value.
 
 A recipe is the composition of one choice per kind of plug-in, each with its own options
-(`sparsekit.registry`): a pruning method (``--method``, `sparsekit.prune.methods`), a layer
-allocator (``--layerwise``, `sparsekit.prune.allocators`), a refiner (``--refine``,
-`sparsekit.prune.refiners`) and an activation-sparsity method (``--activation``,
+(`sparsekit.registry`): a pruning method (``--method``, `sparsekit.pruning.methods`), a layer
+allocator (``--layerwise``, `sparsekit.pruning.allocators`), a refiner (``--refine``,
+`sparsekit.pruning.refiners`) and an activation-sparsity method (``--activation``,
 `sparsekit.activation.methods`), plus the target (sparsity, N:M pattern), which linears to
 prune, the activation stage (target, allocation, mode) and the calibration (`Calibration`).
 
@@ -30,11 +30,12 @@ from sparsekit.activation.methods import ACTIVATION_METHODS
 from sparsekit.data import BOS_MODES
 from sparsekit.data import SAMPLING as SAMPLINGS
 from sparsekit.errors import UsageError
-from sparsekit.prune.allocators import ALLOCATORS
-from sparsekit.prune.masks import parse_pattern
-from sparsekit.prune.methods import METHODS
-from sparsekit.prune.plugins import Target
-from sparsekit.prune.refiners import REFINERS
+from sparsekit.files.statsfile import read_header as read_stats_header
+from sparsekit.pruning.allocators import ALLOCATORS
+from sparsekit.pruning.masks import parse_pattern
+from sparsekit.pruning.methods import METHODS
+from sparsekit.pruning.plugins import Target
+from sparsekit.pruning.refiners import REFINERS
 from sparsekit.registry import Registry, regex
 from sparsekit.runtime.act_sparse import ACT_MODES
 
@@ -59,6 +60,12 @@ class Calibration:
     bos: str = "auto"
     batch_size: int = 8
     stats: str | None = None           # a `sparsekit calibrate` file instead of running the model
+    given: frozenset[str] = field(default=frozenset(), compare=False)   # the options given explicitly
+
+    @property
+    def default_data(self) -> bool:
+        """Whether the data is the default (c4) rather than a source the user chose."""
+        return "data" not in self.given
 
     def to_json(self) -> dict:
         return {"data": self.data, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed,
@@ -116,8 +123,16 @@ class Recipe:
     @property
     def needs_statistics(self) -> bool:
         """Whether any stage reads calibration statistics (so data or --stats is needed)."""
-        return (bool(self.method_entry.needs) or self.refiner.refine is not None or self.allocator.uses_scores
-                or self.activation != "none")
+        return bool(self.statistics_readers)
+
+    @property
+    def statistics_readers(self) -> list[str]:
+        """The options whose stages read calibration statistics, e.g. ["--method wanda", "--refine dsnot"]."""
+        return [f"{flag} {value}" for flag, value, reads in (
+            ("--method", self.method, bool(self.method_entry.needs)),
+            ("--layerwise", self.layerwise, self.allocator.uses_scores),
+            ("--refine", self.refine, self.refiner.refine is not None),
+            ("--activation", self.activation, self.activation != "none")) if reads]
 
     def to_json(self) -> dict:
         """The recipe as recorded in sparsekit.json (plain JSON types): each choice followed by its
@@ -174,11 +189,13 @@ def make_calibration(*, data: str | None = None, nsamples: int | None = None, se
         if not Path(stats).is_file():
             raise UsageError(f"--stats {stats}: no such file: make one with `sparsekit calibrate MODEL -o {stats}`")
     defaults = Calibration()
+    given = frozenset(name for name, v in (("data", data), ("nsamples", nsamples), ("seqlen", seqlen),
+                                           ("seed", seed), ("sampling", sampling), ("stats", stats)) if v is not None)
     return Calibration(data=defaults.data if data is None else data,
                        nsamples=defaults.nsamples if nsamples is None else nsamples,
                        seqlen=seqlen, seed=defaults.seed if seed is None else seed,
                        sampling=defaults.sampling if sampling is None else sampling,
-                       bos=bos, batch_size=batch_size, stats=stats)
+                       bos=bos, batch_size=batch_size, stats=stats, given=given)
 
 
 def plugin_option_names() -> set[str]:
@@ -272,6 +289,13 @@ def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern
                     activation_options=activation_options, calibration=calibration)
     if calibration.stats is not None and not recipe.needs_statistics:
         raise UsageError(f"--method {method} uses no calibration statistics, so --stats would be ignored: drop it")
+    if calibration.stats is not None:
+        read_stats_header(calibration.stats)  # a damaged or foreign file is refused here, before anything loads
+    ignored = [f"--{name}" for name in ("data", "nsamples", "seqlen", "seed", "sampling") if name in calibration.given]
+    if ignored and not recipe.needs_statistics:
+        raise UsageError(f"--method {method} uses no calibration data, so {', '.join(ignored)} would be ignored: "
+                         f"drop {'it' if len(ignored) == 1 else 'them'} (or add a stage that reads data, e.g. "
+                         "--refine dsnot)")
     return recipe
 
 

@@ -1,7 +1,7 @@
 """Feed `ActivationSketch`es from forward hooks, for the points of a `Plan` (or of
 `calibration_points`).
 
-The hooks work under any driver: a plain model forward (`collect_sketches`), or the sequential
+The hooks work under any driver: plain model forwards, or the sequential
 calibration engine running one decoder layer at a time (attach the collector, toggle
 ``enabled`` so each layer is seen once). Where a site is already wrapped by the runtime
 (`ActSparse`), the hook reads the activation *before* the mask: the wrapper's input for input
@@ -10,17 +10,16 @@ points, the wrapped module's output for output points.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from sparsekit.activation.plan import Point, calibration_points
 from sparsekit.activation.sketch import ActivationSketch
-from sparsekit.anatomy import Wrapper, decoder_layers, model_device, unwrap
+from sparsekit.anatomy import Wrapper, decoder_layers, unwrap
 from sparsekit.files.thresholds import sketch_tensors
 
-__all__ = ["SketchCollector", "collect_sketches"]
+__all__ = ["SketchCollector"]
 
 
 class SketchCollector:
@@ -73,17 +72,6 @@ class SketchCollector:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@torch.no_grad()
-def collect_sketches(model: nn.Module, batches: Iterable[torch.Tensor], points: dict[str, Point], *,
-                     device=None, **grid) -> dict[str, ActivationSketch]:
-    """Sketch every point over full-model forwards of `batches` (token ids [b, T] each)."""
-    dev = model_device(model)
-    with SketchCollector(model, points, device=device, **grid) as col:
-        for ids in batches:
-            model(input_ids=ids.to(dev), use_cache=False)
-    return col.sketches
 
 
 class LayerSketches:

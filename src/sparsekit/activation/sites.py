@@ -99,6 +99,6 @@ def site_result(site: Site, calibration: SiteThresholds, sparsity: float | dict[
 
 def activation_section(plan: Plan, sites: dict[str, dict], *, target: float, allocation: str = "uniform",
                        mode: str = "all", calibration: dict | None = None) -> dict:
-    """The ``activation`` section of sparsekit.json (the file name is added by `save_activation`)."""
+    """The ``activation`` section of sparsekit.json (the file keys are added by `sparsekit.files.thresholds.activation_file`)."""
     return {"method": plan.method, "target": float(target), "allocation": allocation, "mode": mode,
             "calibration": dict(calibration or {}), "sites": sites}

@@ -25,7 +25,7 @@ from torch import nn
 from sparsekit.activation.calibrate import calibrate_sites, greedy_block_sparsities
 from sparsekit.activation.plan import plan_activation
 from sparsekit.activation.sites import activation_section, compute_thresholds
-from sparsekit.calibrate.engine import EngineTimes, run_sequential
+from sparsekit.calibration.engine import EngineTimes, run_sequential
 from sparsekit.anatomy import prunable_linears
 from sparsekit.errors import UsageError
 from sparsekit.runtime.act_sparse import remove_activation_sparsity

@@ -50,12 +50,7 @@ __all__ = [
     "channel_thresholds",
     "check_sparsity",
     "solve_threshold",
-    "chess_thresholds",
     "column_norms",
-    "pooled_threshold",
-    "teal_threshold",
-    "wina_threshold",
-    "zeroed_fraction",
 ]
 
 
@@ -232,39 +227,12 @@ def solve_threshold(mix: Mixture, sparsity: float) -> Threshold:
     return Threshold(tau, float(est.sum()) / total, float(lower.sum()) / total, float(upper.sum()) / total)
 
 
-def pooled_threshold(sketch: ActivationSketch, sparsity: float, scale: torch.Tensor | None = None) -> Threshold:
-    """Threshold tau on ``importance_i = |x_i| * scale_i`` (scale None: 1) pooled over tokens and
-    channels, for the target zeroed fraction `sparsity` (module docstring: convention, bounds)."""
-    return solve_threshold(Mixture(sketch, scale), check_sparsity(sparsity))
-
-
-def zeroed_fraction(sketch: ActivationSketch, threshold: float, scale: torch.Tensor | None = None) -> Threshold:
-    """What the sketch predicts a given threshold zeroes (same fields as `pooled_threshold`)."""
-    mix = Mixture(sketch, scale)
-    est, lower, upper = mix.per_channel(float(threshold))
-    total = mix.n * mix.c
-    return Threshold(float(threshold), float(est.sum()) / total, float(lower.sum()) / total,
-                     float(upper.sum()) / total)
-
-
-def teal_threshold(sketch: ActivationSketch, sparsity: float) -> Threshold:
-    """TEAL: one threshold on |x| for the linear input (the quantile of |x| itself, not TEAL's
-    signed-histogram ``F^-1(0.5 + s/2)``, which assumes a zero-mean symmetric distribution)."""
-    return pooled_threshold(sketch, sparsity)
-
-
 def column_norms(weight: torch.Tensor) -> torch.Tensor:
     """WINA's ``n_i = ||W[:, i]||_2`` for a weight ``[out_features, in_features]``: float32 [in],
     accumulated in float64."""
     if weight.dim() != 2:
         raise ValueError(f"column_norms needs a 2-D weight, got shape {tuple(weight.shape)}")
     return torch.linalg.vector_norm(weight.detach().to(torch.float64), ord=2, dim=0).to(torch.float32)
-
-
-def wina_threshold(sketch: ActivationSketch, norms: torch.Tensor, sparsity: float) -> Threshold:
-    """WINA: threshold tau on ``|x_i| * n_i`` for one linear, ``norms`` its column norms (from the
-    final, possibly pruned, weight). The runtime keeps x_i iff ``|x_i| * n_i > tau``."""
-    return pooled_threshold(sketch, sparsity, scale=norms)
 
 
 def channel_thresholds(tau: float, weights: torch.Tensor) -> torch.Tensor:
@@ -275,12 +243,3 @@ def channel_thresholds(tau: float, weights: torch.Tensor) -> torch.Tensor:
     return torch.where(mu > 0, tau / torch.where(mu > 0, mu, 1.0), torch.full_like(mu, float("inf"))).to(torch.float32)
 
 
-def chess_thresholds(sketch: ActivationSketch, weights: torch.Tensor | None,
-                     sparsity: float) -> tuple[torch.Tensor, Threshold]:
-    """CHESS channel-wise thresholds (`channel_thresholds`, float32 [C]) with tau the `sparsity`
-    quantile of ``|a_i| * mu_i`` pooled over tokens and channels; ``weights`` = mu (None: plain MLP,
-    mu = 1, every t_i = tau)."""
-    res = pooled_threshold(sketch, sparsity, scale=weights)
-    if weights is None:
-        return torch.full((sketch.channels,), res.value, dtype=torch.float32), res
-    return channel_thresholds(res.value, weights), res

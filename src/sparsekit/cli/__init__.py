@@ -7,6 +7,8 @@ command) whatever exception classes the installed Typer/Click use. The app is bu
 `main()` runs, so plug-ins registered before then show their options in ``--help``.
 """
 
+import difflib
+import re
 import sys
 
 import typer
@@ -66,6 +68,29 @@ NO_ARGS = tuple(m.NoArgsIsHelpError for m in _CLICK if hasattr(m, "NoArgsIsHelpE
 ABORTS = (KeyboardInterrupt, typer.Abort, *(m.Abort for m in _CLICK if hasattr(m, "Abort")))
 
 
+def _suggestion(exc: BaseException, ctx) -> str:
+    """"Did you mean ...?" for an unknown command, where the installed Click does not say it."""
+    message = exc.format_message()
+    unknown = re.match(r"No such command '([^']+)'", message)
+    if unknown is None or "did you mean" in message.lower() or ctx is None:
+        return ""
+    close = difflib.get_close_matches(unknown.group(1), ctx.command.list_commands(ctx), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _given(exc: BaseException, args: list[str]) -> str:
+    """The value given to the option a bad-value error is about, where the message omits it."""
+    param = getattr(exc, "param", None)
+    flags = [o for o in getattr(param, "opts", []) or [] if o.startswith("-")]
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in flags:
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+            if value is not None and repr(value) not in exc.format_message() and value not in exc.format_message():
+                return f" (got {value!r})"
+    return ""
+
+
 def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
@@ -90,15 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     except ABORTS:
         _stopped("interrupted", 130)
     except USAGE_ERRORS as exc:
-        if isinstance(exc, NO_ARGS):  # `sparsekit` or `sparsekit prune` alone: the help
-            ctx = getattr(exc, "ctx", None)
-            out.print(ctx.get_help() if ctx is not None else HELP, highlight=False, markup=False)
-            sys.exit(UsageError.exit_code)
-        hint = ""
         ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            hint = f" (see `{ctx.command_path} --help`)"
-        _error(_one_line(exc.format_message()) + hint, json_out)
+        if isinstance(exc, NO_ARGS):  # `sparsekit` alone: the help, as older Click shows it
+            out.print(ctx.get_help() if ctx is not None else HELP, highlight=False, markup=False)
+            sys.exit(0)
+        _error(_one_line(exc.format_message()) + _suggestion(exc, ctx) + _given(exc, args)
+               + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), json_out)
     if code == 130:  # Click turns Ctrl-C into exit code 130
         _stopped("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from sparsekit.cli.common import (BosOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OffloadOpt, OverwriteOpt,
-                                  ProgressView, SeqlenOpt, TrustOpt, emit_json, out)
+                                  ProgressView, SeqlenOpt, TrustOpt, emit_json, err, out)
 from sparsekit.recipe import make_calibration
 from sparsekit.workflows.calibrate import calibrate
 
@@ -60,6 +60,8 @@ def calibrate_cmd(
         res = calibrate(model, output, cal, hessian=hessian, activations=activations, targets=targets,
                         ignore=ignore, dtype=dtype, device=device, offload=offload,
                         trust_remote_code=trust_remote_code, overwrite=overwrite, progress=progress)
+    for note in res.notes:
+        err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if json_out:
         emit_json(res.to_json())
         return

@@ -4,6 +4,7 @@ their registries."""
 
 import inspect
 import json
+import os
 import sys
 import typing
 from typing import Annotated, Any, Optional
@@ -17,7 +18,8 @@ from sparsekit.registry import Registry
 __all__ = ["BosOpt", "DeviceOpt", "DtypeOpt", "JsonOpt", "ModelArg", "OffloadOpt", "OverwriteOpt", "ProgressView",
            "SeqlenOpt", "TrustOpt", "emit_json", "err", "out", "with_plugin_options"]
 
-out = Console()                 # tables and results (stdout)
+# Piped output is not cut at 80 columns: tables keep their natural width (up to 200).
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)   # tables and results
 err = Console(stderr=True)      # progress and messages (stderr)
 
 ModelArg = Annotated[str, typer.Argument(

@@ -13,10 +13,10 @@ from sparsekit.workflows.evaluate import evaluate
 
 def eval_cmd(
     model: ModelArg,
-    data: Annotated[str, typer.Option(
-        "--data", help="Text: wikitext2, c4 or ptb (through `datasets`, needs network or a local cache; "
-                       "each evaluated with its reference protocol), or a local .txt (one row per line) / "
-                       ".jsonl / .json / .parquet file or folder.")] = "wikitext2",
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Text (default wikitext2): wikitext2, c4 or ptb (through `datasets`, needs network or a "
+                       "local cache; each evaluated with its reference protocol), or a local .txt (one row per "
+                       "line) / .jsonl / .json / .parquet file or folder.")] = None,
     seqlen: SeqlenOpt = None,
     max_windows: Annotated[Optional[int], typer.Option(
         "--max-windows", help="Score only the first N windows (default: all).")] = None,
@@ -47,7 +47,7 @@ def eval_cmd(
     table = Table(title=f"Perplexity of {model}")
     for col in ("data", "seqlen", "bos", "windows", "tokens", "perplexity", "weight sparsity", "seconds"):
         table.add_column(col, justify="left" if col == "data" else "right")
-    table.add_row(data, str(res.seqlen), res.bos, str(r.windows), str(r.tokens), f"{r.ppl:.4f}",
+    table.add_row(res.data, str(res.seqlen), res.bos, str(r.windows), str(r.tokens), f"{r.ppl:.4f}",
                   f"{res.sparsity.overall:.2%}", f"{r.seconds:.1f}")
     out.print(table)
     if res.activation:

@@ -2,7 +2,7 @@
 
 from rich.table import Table
 
-from sparsekit.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, ProgressView, TrustOpt, emit_json, out
+from sparsekit.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelArg, ProgressView, TrustOpt, emit_json, err, out
 from sparsekit.cli.tables import export_table
 from sparsekit.workflows.info import info
 
@@ -27,6 +27,17 @@ def info_cmd(model: ModelArg, dtype: DtypeOpt = "auto", device: DeviceOpt = "aut
             table.add_row(kind, f"{o} x {i}", f"{row['sparsity']:.2%}")
         out.print(table)
         out.print(f"Weight sparsity of the prunable linears: {facts['linear_sparsity']:.2%}")
+        if facts.get("recipe"):
+            r = facts["recipe"]
+            out.print(f"Pruned by sparsekit: {r.get('method')} {r.get('pattern')} @ {r.get('sparsity')}"
+                      f" (layerwise {r.get('layerwise')}, refine {r.get('refine')})", highlight=False)
+        if facts.get("activation"):
+            a = facts["activation"]
+            out.print(f"Activation sparsity: {a['method']} @ {a['target']} on {a['sites']} sites, mode {a['mode']}",
+                      highlight=False)
+    for item in facts.get("stale_temporaries", []):
+        err.print(f"note: {item['path']} ({item['bytes'] / 2**20:.1f} MiB) was left by an interrupted run; the next "
+                  "run to that output removes it (or delete it)", highlight=False, markup=False, soft_wrap=True)
 
 
 def register(app) -> None:

@@ -10,9 +10,9 @@ from sparsekit.cli.calibrate import (BatchOpt, CalDataOpt, IgnoreOpt, NsamplesOp
 from sparsekit.cli.common import (BosOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, OffloadOpt, OverwriteOpt,
                                   ProgressView, SeqlenOpt, TrustOpt, emit_json, err, out, with_plugin_options)
 from sparsekit.cli.tables import activation_table, allocation_table, prune_table
-from sparsekit.prune.allocators import ALLOCATORS
-from sparsekit.prune.methods import METHODS
-from sparsekit.prune.refiners import REFINERS
+from sparsekit.pruning.allocators import ALLOCATORS
+from sparsekit.pruning.methods import METHODS
+from sparsekit.pruning.refiners import REFINERS
 from sparsekit.recipe import PLUGIN_REGISTRIES, make_calibration, make_recipe
 from sparsekit.workflows.prune import prune
 
@@ -80,7 +80,7 @@ def _command():
                         trust_remote_code=trust_remote_code, save_dtype=save_dtype, overwrite=overwrite,
                         progress=progress)
         for note in res.notes:
-            err.print(f"note: {note}", highlight=False, markup=False)
+            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         if json_out:
             emit_json(res.to_json())
             return
@@ -100,7 +100,9 @@ def _summary(res, recipe, output: str) -> None:
     seconds = meta["seconds"]
     refine = f", {run.refine_seconds:.1f} s {recipe.refine}" if recipe.refiner.refine is not None else ""
     act_s = f", activation thresholds {res.activation.seconds:.1f} s" if res.activation is not None else ""
-    out.print(f"Achieved weight sparsity {res.sparsity.overall:.2%} over {res.linears} linear layers, saved as "
+    achieved = (f"Achieved weight sparsity {res.sparsity.overall:.2%}" if recipe.prunes_weights else
+                f"No weights pruned (the {res.sparsity.overall:.2%} zeros were already in the checkpoint)")
+    out.print(f"{achieved} over {res.linears} linear layers, saved as "
               f"{meta['saved_dtype']} to {output}. Time {seconds['total']:.1f} s: load {seconds['load']:.1f} s, "
               f"calibration data {max(seconds['prepare'], 0):.1f} s, calibration forwards "
               f"{run.times.capture + run.times.forward:.1f} s, pruning math {run.times.process:.1f} s{refine}{act_s}, "

@@ -1,1 +1,2 @@
-"""Evaluation: perplexity with the SparseGPT/Wanda protocol."""
+"""Evaluation: perplexity with the SparseGPT/Wanda protocol (`perplexity`) and the weight sparsity
+a model actually has (`sparsity`)."""

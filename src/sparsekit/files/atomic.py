@@ -4,7 +4,7 @@
   :class:`~sparsekit.errors.UsageError` before hours of work when the output cannot or must not
   be written: it exists without ``overwrite``; ``overwrite`` would replace something sparsekit
   did not write; it is the current directory (or contains it); its location is not writable.
-* :func:`atomic_directory` / :func:`atomic_file`: the result is built in a hidden temporary
+* :func:`atomic_directory`: the result is built in a hidden temporary
   beside the target and renamed into place at the end. On any error, Ctrl-C or SIGTERM (after
   :func:`sparsekit.signals.install_signal_handlers`) the temporary is
   removed and an existing output is left untouched: the old output is moved aside only once
@@ -26,6 +26,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +49,13 @@ def _prefix(target: Path, label: str) -> str:
     return f".{target.name}.sparsekit-{label}-{os.getpid()}-{_host_tag()}-"
 
 
+def temporary_path(target: str | Path, label: str, suffix: str = ".tmp") -> Path:
+    """A fresh name for a temporary of ``target`` beside it, that `clean_stale` recognises once its
+    process is gone (for writers that create the file themselves)."""
+    target = _absolute(target)
+    return target.parent / f"{_prefix(target, label)}{os.urandom(4).hex()}{suffix}"
+
+
 def _pattern(target: Path) -> re.Pattern:
     return re.compile(rf"\.{re.escape(target.name)}\.sparsekit-(?P<label>[a-z]+)-(?P<pid>\d+)"
                       r"-(?P<host>[0-9a-f]{8})-[A-Za-z0-9_]+(\.tmp)?")
@@ -65,15 +73,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(target: str | Path) -> list[Path]:
-    """Remove temporaries of ``target`` left by processes that no longer run on this host;
-    return what was removed. A holder of the previous output (label ``old``) is removed only
-    once ``target`` exists again, so an interrupted swap never loses both."""
+def _size(path: Path) -> int:
+    if path.is_file() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def stale_temporaries(target: str | Path) -> list[tuple[Path, int]]:
+    """Temporaries of ``target`` left by processes that no longer run on this host (a ``kill -9``,
+    a power cut), with their sizes in bytes; nothing is removed. A holder of the previous output
+    (label ``old``) counts only once ``target`` exists again, so an interrupted swap never loses
+    both."""
     target = _absolute(target)
     if not target.parent.is_dir():
         return []
-    pattern, host, removed = _pattern(target), _host_tag(), []
-    for entry in target.parent.iterdir():
+    pattern, host, found = _pattern(target), _host_tag(), []
+    for entry in sorted(target.parent.iterdir()):
         m = pattern.fullmatch(entry.name)
         if m is None or m["host"] != host or str(entry) in _LIVE:
             continue
@@ -82,6 +97,24 @@ def clean_stale(target: str | Path) -> list[Path]:
             continue
         if m["label"] == "old" and not target.exists():
             continue
+        found.append((entry, _size(entry)))
+    return found
+
+
+def stale_in(directory: str | Path) -> list[tuple[Path, int]]:
+    """Every stale sparsekit temporary in ``directory`` (of any output), with its size."""
+    directory = _absolute(directory)
+    if not directory.is_dir():
+        return []
+    names = {m.group(1) for e in directory.iterdir()
+             if (m := re.fullmatch(r"\.(.+?)\.sparsekit-[a-z]+-\d+-[0-9a-f]{8}-[A-Za-z0-9_]+(\.tmp)?", e.name))}
+    return [item for name in sorted(names) for item in stale_temporaries(directory / name)]
+
+
+def clean_stale(target: str | Path) -> list[Path]:
+    """Remove the `stale_temporaries` of ``target``; return what was removed."""
+    removed = []
+    for entry, _ in stale_temporaries(target):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -205,6 +238,55 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     return Path(given)
 
 
+# --- one writer per output ----------------------------------------------------------------
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.sparsekit-lock"
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[Path]:
+    """Hold ``.<name>.sparsekit-lock`` beside ``out`` for a whole run, so that a second run to the
+    same output fails at once with one line naming the first (instead of both finishing and the
+    second silently replacing the first). A lock left by a process that no longer runs on this
+    host is taken over. The output's parent directory is created if needed."""
+    target = _absolute(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_path(target)
+    mine = f"{os.getpid()} {_host_tag()} {int(time.time())}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid, host, started = lock.read_text().split()
+                pid, started = int(pid), int(started)
+            except (OSError, ValueError):
+                pid, host, started = -1, _host_tag(), 0  # unreadable: another run is writing it right now
+                time.sleep(0.05)
+                continue
+            if host == _host_tag() and not _pid_alive(pid):
+                lock.unlink(missing_ok=True)  # its process is gone: take it over
+                continue
+            where = "" if host == _host_tag() else " on another host"
+            since = time.strftime("%H:%M:%S", time.localtime(started))
+            raise UsageError(f"output {out} is being written by another sparsekit run (process {pid}{where}, "
+                             f"since {since}): wait for it to finish or choose another -o") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        break
+    else:
+        raise UsageError(f"output {out}: cannot take its lock {lock}: remove it if no sparsekit run is writing {out}")
+    try:
+        yield lock
+    finally:
+        try:
+            if lock.read_text() == mine:
+                lock.unlink()
+        except OSError:
+            pass
+
+
 # --- atomic outputs ------------------------------------------------------------------------
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -252,23 +334,3 @@ def atomic_directory(out: str | Path, label: str = "partial") -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-@contextmanager
-def atomic_file(path: str | Path, label: str = "file") -> Iterator[Path]:
-    """Yield a temporary file path beside ``path`` (created empty); when the block ends
-    normally it gets the published mode and replaces ``path``, otherwise it is removed."""
-    if not re.fullmatch(r"[a-z]+", label):
-        raise ValueError(f"label must be lowercase letters, got {label!r}")
-    path = _absolute(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)
-    fd, name = tempfile.mkstemp(prefix=_prefix(path, label), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    _LIVE.add(name)
-    try:
-        yield tmp
-        publish_modes(tmp)
-        os.replace(tmp, path)
-    finally:
-        _LIVE.discard(name)
-        tmp.unlink(missing_ok=True)

@@ -75,7 +75,9 @@ def read_header(path: str | Path) -> dict:
         if len(head) < 8:
             raise DamagedFile(f"only {size} bytes, not even a header")
         (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > _MAX_HEADER:
+        if n > _MAX_HEADER:
+            raise DamagedFile("not a safetensors file: its first 8 bytes are no header length")
+        if n > size - 8:
             raise DamagedFile(f"the header claims {n} bytes but the file has {size}")
         raw = f.read(n)
     try:

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import struct
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
@@ -35,8 +34,9 @@ import torch
 from torch import nn
 
 from sparsekit.anatomy import decoder_layers
-from sparsekit.calibrate.stats import InputStats
+from sparsekit.calibration.stats import InputStats
 from sparsekit.errors import UsageError
+from sparsekit.files.atomic import temporary_path
 from sparsekit.files.layout import DamagedFile
 from sparsekit.files.layout import read_header as safetensors_header
 from sparsekit.files.thresholds import SKETCH_TAG, sketches_from_tensors
@@ -102,7 +102,7 @@ def check_fingerprint(theirs: dict, ours: dict, names: list[str], label: str) ->
         if a["dtype"] != b["dtype"]:
             raise UsageError(f"{label} was calibrated on {a['dtype']} weights but this model's are {b['dtype']} "
                              f"({n}): recalibrate, or load the model with --dtype {a['dtype']}")
-    for n, a, b in pairs:
+    for n, a, b in pairs:  # a weightless model (None digests) is checked up to here
         if a["weights"] is not None and b["weights"] is not None and a["weights"] != b["weights"]:
             raise UsageError(f"{label} was calibrated on different weights ({n} differs): "
                              "recalibrate with `sparsekit calibrate` on this model")
@@ -168,7 +168,7 @@ class StatsWriter:
         self._meta = {"format": FORMAT, "version": VERSION, "fingerprint": fp, "settings": settings}
         json.dumps(self._meta)  # fail now, not after hours, if the settings are not JSON
         self._reserved = _header_bound(fp, settings)
-        self._tmp = self.path.parent / f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        self._tmp = temporary_path(self.path, "stats")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._file = os.fdopen(fd, "wb")
         self._file.seek(8 + self._reserved)
@@ -289,12 +289,6 @@ class StatsWriter:
             self.finish()
 
 
-def save_stats(path: str | Path, stats: dict[str, InputStats], fp: dict, settings: dict) -> None:
-    """Write statistics already in memory (all at once; aliases are the same object)."""
-    with StatsWriter(path, fp, settings) as writer:
-        writer.add_layer(stats)
-
-
 # ---------------------------------------------------------------------------------- reading
 def _layout(path: str | Path) -> tuple[dict, int]:
     """(safetensors header, byte offset of the data), read with plain file reads and checked
@@ -392,30 +386,45 @@ class SavedStats(Mapping):
         return f"SavedStats({str(self.path)!r}, {len(self)} linears)"
 
 
-def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool = False,
-               device=None) -> tuple[SavedStats, dict]:
-    """Statistics for `names` (a lazy `SavedStats`), checked against the model's fingerprint
-    (`check_fingerprint`). Returns (stats, settings); compare settings with `check_settings`."""
+def _owners(path: Path, meta: dict) -> dict[str, list[str]]:
+    """Statistics tensor names of a file, by the linear that owns them (aliases share an owner)."""
+    by_owner: dict[str, list[str]] = {}
+    for k in (k for k in _tensor_names(path) if SKETCH_TAG not in k):
+        by_owner.setdefault(k.rsplit("/", 1)[0], []).append(k)
+    return by_owner
+
+
+def check_stats_file(path: str | Path, fp: dict, names: list[str], need_hessian: bool = False) -> dict:
+    """Everything `load_stats` checks without reading statistics: the header, the model (from a
+    fingerprint, possibly of a weightless model: then shapes and dtypes, not values), that every
+    linear of ``names`` has statistics and, with ``need_hessian``, a Hessian. Returns the meta."""
     path = Path(path)
     label = f"--stats {path}"
     meta = read_header(path)
     theirs = meta["fingerprint"]
     check_fingerprint(theirs, fp, [], label)  # the model as a whole first
     aliases = meta.get("aliases", {})
-    keys = [k for k in _tensor_names(path) if SKETCH_TAG not in k]
-    by_owner: dict[str, list[str]] = {}
-    for k in keys:
-        by_owner.setdefault(k.rsplit("/", 1)[0], []).append(k)
+    by_owner = _owners(path, meta)
     missing = [n for n in names if aliases.get(n, n) not in by_owner]
     if missing:
         raise UsageError(f"{label} has no statistics for {len(missing)} layer(s), e.g. {missing[0]}: "
                          "recalibrate with the same --targets/--ignore, or drop --stats")
     check_fingerprint(theirs, fp, names, label)
-    owners = {n: aliases.get(n, n) for n in names}
-    used = {o: by_owner[o] for o in set(owners.values())}
-    if need_hessian and any(f"{o}/hessian" not in ks for o, ks in used.items()):
+    if need_hessian and any(f"{aliases.get(n, n)}/hessian" not in by_owner[aliases.get(n, n)] for n in names):
         raise UsageError(f"{label} has no Hessians, which sparsegpt needs: "
                          "recalibrate with `sparsekit calibrate --hessian`")
+    return meta
+
+
+def load_stats(path: str | Path, fp: dict, names: list[str], need_hessian: bool = False,
+               device=None) -> tuple[SavedStats, dict]:
+    """Statistics for `names` (a lazy `SavedStats`), checked against the model's fingerprint
+    (`check_stats_file`). Returns (stats, settings); compare settings with `check_settings`."""
+    path = Path(path)
+    meta = check_stats_file(path, fp, names, need_hessian)
+    aliases, by_owner = meta.get("aliases", {}), _owners(path, meta)
+    owners = {n: aliases.get(n, n) for n in names}
+    used = {o: by_owner[o] for o in set(owners.values())}
     return SavedStats(path, owners, used, meta.get("settings", {}), device), meta.get("settings", {})
 
 

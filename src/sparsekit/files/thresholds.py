@@ -26,14 +26,11 @@ sparsekit.json::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from sparsekit.activation.sketch import ActivationSketch
 from sparsekit.errors import UsageError
@@ -45,7 +42,6 @@ __all__ = [
     "VERSION",
     "activation_file",
     "load_activation",
-    "save_activation",
     "sketch_tensors",
     "sketches_from_tensors",
 ]
@@ -69,29 +65,12 @@ def _check_tensors(tensors: dict[str, torch.Tensor], sites: dict) -> None:
 
 
 def activation_file(tensors: dict[str, torch.Tensor], section: dict) -> tuple[dict, dict, dict[str, str]]:
-    """(full section, tensors, safetensors metadata) of the thresholds file, checked: what
-    `save_activation` writes, or what a model-directory writer takes as a side file."""
+    """(full section, tensors, safetensors metadata) of the thresholds file, checked: what a
+    model-directory writer takes as the side file ``sparsekit-activation.safetensors``."""
     section = {"format": FORMAT, "version": VERSION, "file": ACTIVATION_FILE, **section}
     _check_tensors(tensors, section.get("sites") or {})
     data = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
     return section, data, {"sparsekit": json.dumps(section)}
-
-
-def save_activation(directory: str | Path, tensors: dict[str, torch.Tensor], section: dict) -> dict:
-    """Write the thresholds file into `directory` atomically (temporary file, then rename) and
-    return the section to store as ``activation`` in sparsekit.json."""
-    section, data, metadata = activation_file(tensors, section)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".activation-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(data, tmp, metadata=metadata)
-        os.replace(tmp, directory / ACTIVATION_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return section
 
 
 def load_activation(directory: str | Path, section: dict | None = None

@@ -13,7 +13,7 @@ fewer than N columns of its group rank below it (ties: the lower column ranks lo
 is exactly a stable sort's N lowest. Unstructured masks are chosen per block beforehand and
 passed in.
 
-The reference is the torch loop in :mod:`sparsekit.prune.sparsegpt`; the tests check the two
+The reference is the torch loop in :mod:`sparsekit.pruning.sparsegpt`; the tests check the two
 against each other under ``TRITON_INTERPRET=1`` on the CPU.
 """
 

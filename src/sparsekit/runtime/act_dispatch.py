@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from sparsekit.dtypes import dtype_name
 from sparsekit.kernels.act_sparse import MAX_M
 
 __all__ = ["BACKENDS", "CPU_BACKEND", "DEFAULT_DISPATCH", "DISPATCH", "KERNEL_DTYPES", "MAX_M",
@@ -61,12 +62,8 @@ DISPATCH: dict[tuple[int, int, str], tuple[Entry, ...]] = {}
 _forced: str | None = None
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def table_for(dtype: torch.dtype, capability: tuple[int, int]) -> tuple[Entry, ...]:
-    return DISPATCH.get((capability[0], capability[1], _dtype_name(dtype)), DEFAULT_DISPATCH)
+    return DISPATCH.get((capability[0], capability[1], dtype_name(dtype)), DEFAULT_DISPATCH)
 
 
 def _entry(table: tuple[Entry, ...], m: int) -> tuple[str, ActConfig | None]:
@@ -140,3 +137,7 @@ def check_table(table: tuple[Entry, ...]) -> None:
         last = max_m or last
     if not table or table[-1][0] is not None:
         raise ValueError("the last entry must have max_m None")
+
+
+for _table in (DEFAULT_DISPATCH, *DISPATCH.values()):  # a pasted table that is malformed fails at import
+    check_table(_table)

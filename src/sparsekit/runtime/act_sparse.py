@@ -61,13 +61,11 @@ __all__ = [
     "act_sparse_linear",
     "activation_modules",
     "activation_sparsity_report",
-    "activation_tensors",
     "check_mode",
     "count_activation",
     "install_activation_sparsity",
     "keep_mask",
     "remove_activation_sparsity",
-    "reset_activation_counters",
     "set_activation_mode",
 ]
 
@@ -374,22 +372,6 @@ def count_activation(model: nn.Module, on: bool = True) -> None:
     reduction per call) or off (the default after loading, for inference)."""
     for m in activation_modules(model).values():
         m.count = bool(on)
-
-
-def activation_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The thresholds (and scales) of the wrappers installed in `model`, named as on disk
-    (``<module>.threshold``, ``<module>.scale``)."""
-    out = {}
-    for name, m in activation_modules(model).items():
-        out[f"{name}.threshold"] = m.threshold.detach().to("cpu").clone()
-        if m.scale is not None:
-            out[f"{name}.scale"] = m.scale.detach().to("cpu").clone()
-    return out
-
-
-def reset_activation_counters(model: nn.Module) -> None:
-    for m in activation_modules(model).values():
-        m.reset_counters()
 
 
 def activation_sparsity_report(model: nn.Module) -> dict[str, dict]:

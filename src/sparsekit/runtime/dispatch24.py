@@ -22,6 +22,7 @@ import functools
 
 import torch
 
+from sparsekit.dtypes import dtype_name
 from sparsekit.kernels.sparse24_triton import Sparse24Config
 
 PANEL_GROUPS = 16  # panel width (groups) of the runtime layout that every table assumes
@@ -41,10 +42,6 @@ DEFAULT_DISPATCH: tuple[Entry, ...] = (
 
 # (major, minor, dtype name) -> table; paste the output of `benchmarks/kernels.py --tune`
 DISPATCH: dict[tuple[int, int, str], tuple[Entry, ...]] = {}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 @functools.cache
@@ -89,3 +86,7 @@ def check_table(table: tuple[Entry, ...]) -> None:
         last = max_m or last
     if table and table[-1][0] is not None:
         raise ValueError("the last entry must have max_m None")
+
+
+for _table in (DEFAULT_DISPATCH, *DISPATCH.values()):  # a pasted table that is malformed fails at import
+    check_table(_table)

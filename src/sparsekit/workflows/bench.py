@@ -44,7 +44,7 @@ from sparsekit.anatomy import prunable_linears
 from sparsekit.dtypes import DTYPES, dtype_name
 from sparsekit.errors import UsageError
 from sparsekit.loading import LoadedModel, resolve_device
-from sparsekit.prune.masks import apply_mask_, nm_mask
+from sparsekit.pruning.masks import apply_mask_, nm_mask
 from sparsekit.runtime import act_dispatch
 from sparsekit.runtime.act_sparse import (
     ActSparse,

@@ -4,22 +4,22 @@ file, tied to the exact weights (`sparsekit.files.statsfile`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsekit.activation.collect import LayerSketches
 from sparsekit.anatomy import prunable_linears
-from sparsekit.calibrate.engine import EngineTimes, run_sequential
+from sparsekit.calibration.engine import EngineTimes, run_sequential
 from sparsekit.data import check_data_request
 from sparsekit.errors import UsageError
 from sparsekit.files.atomic import check_output_file
 from sparsekit.files.statsfile import StatsWriter, fingerprint
-from sparsekit.loading import LoadedModel
+from sparsekit.loading import LoadedModel, skeleton
 from sparsekit.recipe import Calibration, make_calibration
 from sparsekit.registry import regex
 from sparsekit.workflows.common import (Progress, Stopwatch, bos_id, calibration_ids, calibration_settings,
                                         check_finite_weights, check_load_options, check_model, engine_placement,
-                                        load, notify, resolve_seqlen, versions)
+                                        guarded_output, load, notify, resolve_seqlen, versions)
 
 __all__ = ["CalibrateResult", "calibrate"]
 
@@ -32,6 +32,7 @@ class CalibrateResult:
     times: EngineTimes
     seconds: float
     tokens: int                 # calibration tokens (nsamples x seqlen)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"output": self.output, "layers": self.layers, **self.settings,
@@ -63,8 +64,22 @@ def calibrate(model: str | LoadedModel, output: str | Path, calibration: Calibra
     check_output_file(output, overwrite)
     dev = check_load_options(dtype, device, offload)
     check_model(model)
-    check_data_request(cal.data, "calibration", cal.sampling)
+    check_data_request(cal.data, "calibration", cal.sampling, why="calibrate" if cal.default_data else None)
     load_on, run_on = engine_placement(dev, offload)
+    notes: list[str] = []
+    with guarded_output(output, notes):
+        return _calibrate(model, output, cal, notes, watch, hessian=hessian, activations=activations, targets=targets,
+                          ignore=ignore, dtype=dtype, load_on=load_on, run_on=run_on,
+                          trust_remote_code=trust_remote_code, progress=progress)
+
+
+def _calibrate(model, output: str, cal: Calibration, notes: list[str], watch: Stopwatch, *, hessian: bool,
+               activations: bool, targets, ignore, dtype: str, load_on, run_on, trust_remote_code: bool,
+               progress: Progress | None) -> CalibrateResult:
+    if not isinstance(model, LoadedModel) and not prunable_linears(
+            skeleton(model, dtype=dtype, device=load_on, trust_remote_code=trust_remote_code, for_pruning=True),
+            targets, ignore):
+        raise UsageError("no linear layers match --targets/--ignore: loosen the patterns")
     loaded, _ = load(model, progress=progress, dtype=dtype, device=load_on, trust_remote_code=trust_remote_code,
                      for_pruning=True)
     found = prunable_linears(loaded.model, targets, ignore)
@@ -100,4 +115,4 @@ def calibrate(model: str | LoadedModel, output: str | Path, calibration: Calibra
             if sketches is not None:
                 sketches.close()
         writer.finish()
-    return CalibrateResult(output, count, settings, times, watch(), cal.nsamples * seqlen)
+    return CalibrateResult(output, count, settings, times, watch(), cal.nsamples * seqlen, notes)

@@ -4,7 +4,8 @@ quiet, the calibration windows of a run, the progress callback, version facts.""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -14,12 +15,13 @@ from sparsekit.anatomy import context_length
 from sparsekit.data import calibration_windows, resolve_bos, with_bos
 from sparsekit.dtypes import dtype_name
 from sparsekit.errors import UsageError
+from sparsekit.files.atomic import clean_stale, output_lock, stale_temporaries
 from sparsekit.files.layout import check_safetensors
 from sparsekit.loading import LoadedModel, check_model_spec, resolve_device, resolve_dtype
-from sparsekit.prune.pipeline import check_finite
+from sparsekit.pruning.pipeline import check_finite
 from sparsekit.version import __version__
 
-__all__ = ["Progress", "Stopwatch", "bos_id", "calibration_ids", "calibration_settings", "check_finite_weights",
+__all__ = ["Progress", "Stopwatch", "bos_id", "guarded_output", "calibration_ids", "calibration_settings", "check_finite_weights",
            "check_load_options", "check_model", "engine_placement", "load", "model_dtype", "notify",
            "resolve_seqlen", "versions"]
 
@@ -41,6 +43,33 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+@contextmanager
+def guarded_output(out: str | Path | None, notes: list[str]) -> Iterator[None]:
+    """Hold the output's lock for the run (a second run to the same output is refused at once);
+    say so in ``notes`` when the output's parent directory is created and when temporaries that an
+    interrupted run left are removed. None: no output, nothing to guard."""
+    if out is None:
+        yield
+        return
+    parent = Path(out).expanduser().absolute().parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    if created:
+        notes.append(f"created the directory {parent} for the output")
+    try:
+        with output_lock(out):
+            for path, size in stale_temporaries(out):
+                notes.append(f"removed {path} ({size / 2**20:.1f} MiB), left by an interrupted run")
+            clean_stale(out)
+            yield
+    except BaseException:
+        for p in created:  # a failed run leaves no directory it made behind (innermost first)
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def check_load_options(dtype: str, device: str, offload: bool = False) -> str:
@@ -108,9 +137,11 @@ def engine_placement(device: str, offload: bool) -> tuple[str, str | None]:
 
 def calibration_ids(loaded: LoadedModel, cal, seqlen: int, bos: int | None,
                     progress: Progress | None = None) -> torch.Tensor:
-    notify(progress, f"preparing {cal.nsamples} x {seqlen} calibration windows from {cal.data}")
+    stage = (f"generating {cal.nsamples} x {seqlen} calibration tokens with the model" if cal.data == "self" else
+             f"preparing {cal.nsamples} x {seqlen} calibration windows from {cal.data}")
+    notify(progress, stage)
     ids = calibration_windows(loaded.tokenizer, cal.data, cal.nsamples, seqlen, cal.seed, cal.sampling,
-                              model=loaded.model)
+                              model=loaded.model, progress=lambda done, total: notify(progress, stage, done, total))
     return with_bos(ids, bos) if bos is not None and cal.data != "self" else ids
 
 

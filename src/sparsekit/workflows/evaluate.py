@@ -5,14 +5,16 @@ inputs they zeroed during the evaluation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sparsekit.data import BOS_MODES, check_data_request, eval_tokens, windows, with_bos
 from sparsekit.errors import UsageError
+from sparsekit.files.meta import read_meta
 from sparsekit.eval.perplexity import PerplexityResult, perplexity
 from sparsekit.eval.sparsity import SparsityReport, weight_sparsity
 from sparsekit.loading import LOAD_ACTIVATION, LoadedModel
 from sparsekit.recipe import check_choice, check_seqlen
-from sparsekit.runtime.act_sparse import activation_sparsity_report, count_activation
+from sparsekit.runtime.act_sparse import ACT_MODES, activation_sparsity_report, count_activation
 from sparsekit.workflows.common import (Progress, bos_id, check_load_options, check_model, load, model_dtype,
                                         notify, resolve_seqlen)
 
@@ -46,12 +48,25 @@ class EvalResult:
                 "activation_sparsity": self.activation, "activation_method": self.activation_method}
 
 
-def evaluate(model: str | LoadedModel, data: str = "wikitext2", *, seqlen: int | None = None,
+DEFAULT_EVAL_DATA = "wikitext2"
+
+
+def _check_thresholds_saved(model: str | LoadedModel, act_mode: str) -> None:
+    """``--act-mode all|decode`` asks for activation sparsity: the model must have thresholds."""
+    meta = model.meta if isinstance(model, LoadedModel) else (
+        read_meta(Path(model).expanduser()) if Path(model).expanduser().is_dir() else None)
+    if not (meta or {}).get("activation"):
+        raise UsageError(f"--act-mode {act_mode}: {getattr(model, 'source', model)} has no activation-sparsity "
+                         "thresholds (its sparsekit.json has no activation section): prune it with --activation, "
+                         "or drop --act-mode")
+
+
+def evaluate(model: str | LoadedModel, data: str | None = None, *, seqlen: int | None = None,
              max_windows: int | None = None, batch_size: int = 1, bos: str = "auto", act_mode: str = "auto",
              dtype: str = "auto", device: str = "auto", offload: bool = False, trust_remote_code: bool = False,
              progress: Progress | None = None) -> EvalResult:
     """Perplexity of ``model`` on ``data`` (a named dataset with its reference protocol, or a local
-    file), plus its measured weight sparsity.
+    file; default wikitext2), plus its measured weight sparsity.
 
     The text is tokenized once, cut into non-overlapping windows of ``seqlen`` tokens (remainder
     dropped), and each window is scored alone (its first token is not predicted):
@@ -68,7 +83,11 @@ def evaluate(model: str | LoadedModel, data: str = "wikitext2", *, seqlen: int |
     check_choice("--act-mode", act_mode, LOAD_ACTIVATION)
     check_load_options(dtype, device, offload)
     check_model(model)
-    check_data_request(data, "test")
+    if act_mode in ACT_MODES:
+        _check_thresholds_saved(model, act_mode)
+    default = data is None
+    data = DEFAULT_EVAL_DATA if default else data
+    check_data_request(data, "test", why="eval" if default else None)
     loaded, load_s = load(model, progress=progress, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                           offload=offload, activation=act_mode)
     count_activation(loaded.model)  # the measured shares beside the perplexity

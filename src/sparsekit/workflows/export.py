@@ -2,7 +2,7 @@
 
 :func:`export` refuses a bad option with a one-line UsageError (worded for the command line's
 options) before reading a tensor, then streams the pruned directory into the format's codec
-(:func:`sparsekit.export.writer.export_model`) and returns its summary. It never prints;
+(:func:`sparsekit.exporting.writer.export_model`) and returns its summary. It never prints;
 ``progress(stage, done, total)`` reports how far it got.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
-from sparsekit.export.codecs import FORMATS
-from sparsekit.export.writer import DEFAULT_MAX_SHARD_BYTES, check_export_paths, export_model
-from sparsekit.workflows.common import Progress, notify
+from sparsekit.exporting.codecs import FORMATS
+from sparsekit.exporting.writer import DEFAULT_MAX_SHARD_BYTES, check_export_paths, export_model
+from sparsekit.workflows.common import Progress, guarded_output, notify
 
 __all__ = ["check_export_options", "export"]
 
@@ -43,14 +43,20 @@ def export(pruned: str | Path, output: str | Path, *, format: str = "sparse24",
     """Export the directory ``sparsekit prune`` wrote (``pruned``) to ``output`` in ``format``
     (a name in ``FORMATS``), casting floating tensors to ``dtype`` if given, in safetensors
     shards of at most ``max_shard_size`` bytes. Returns the summary of
-    :func:`~sparsekit.export.writer.export_model`. ``progress`` gets ("exporting <format>",
+    :func:`~sparsekit.exporting.writer.export_model` (with ``notes`` when something was said: a
+    directory created, temporaries of an interrupted run removed). ``progress`` gets ("exporting <format>",
     None, None) before the first tensor, then (the same stage, tensors done, total) after each."""
     check_export_options(pruned, output, format=format, dtype=dtype,
                          max_shard_size=max_shard_size,
                          compressed_tensors_compat=compressed_tensors_compat, overwrite=overwrite)
     stage = f"exporting {format}"
-    notify(progress, stage)
-    return export_model(pruned, output, format=format, max_shard_bytes=max_shard_size,
-                        dtype=dtype, overwrite=overwrite,
-                        progress=lambda done, total, name: notify(progress, stage, done, total),
-                        compressed_tensors_compat=compressed_tensors_compat)
+    notes: list[str] = []
+    with guarded_output(output, notes):
+        notify(progress, stage)
+        summary = export_model(pruned, output, format=format, max_shard_bytes=max_shard_size,
+                               dtype=dtype, overwrite=overwrite,
+                               progress=lambda done, total, name: notify(progress, stage, done, total),
+                               compressed_tensors_compat=compressed_tensors_compat)
+    if notes:
+        summary["notes"] = notes
+    return summary

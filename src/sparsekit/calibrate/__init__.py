@@ -1,1 +1,0 @@
-"""Calibration statistics: per-layer input accumulators (pure tensor code, no hooks)."""
