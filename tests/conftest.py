@@ -24,6 +24,9 @@ import torch
 # Set before anything imports triton (its jit decorator reads the variable).
 # Saving models in fixtures must not print progress bars into the stderr a CLI test captures.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# CLI tests read stderr for one-line errors: no progress lines unless a test asks for them
+# (SPARSEKIT_PROGRESS=lines), as a user's piped run gets by default.
+os.environ.setdefault("SPARSEKIT_PROGRESS", "off")
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -72,10 +72,33 @@ def test_self_generated_calibration(tiny_tokenizer):
     from conftest import tiny_model
 
     model = tiny_model("llama")
-    w = calibration_windows(tiny_tokenizer, "self", 3, 16, seed=0, model=model)
+    seen = []
+    w = calibration_windows(tiny_tokenizer, "self", 3, 16, seed=0, model=model,
+                            progress=lambda done, total: seen.append((done, total)))
     assert w.shape == (3, 16)
     assert (w[:, 0] == tiny_tokenizer.bos_token_id).all()
+    assert seen == [(3 * t, 3 * 15) for t in range(1, 16)]  # every generated token counted, batched
     assert torch.equal(w, calibration_windows(tiny_tokenizer, "self", 3, 16, seed=0, model=model))
+    assert not torch.equal(w, calibration_windows(tiny_tokenizer, "self", 3, 16, seed=1, model=model))
+
+
+def test_self_generated_text_never_ends_early(tiny_tokenizer):
+    """Every window is text: end-of-sequence is never sampled, even when the model wants nothing else."""
+    from conftest import tiny_model
+
+    from sparsekit.data import self_generated
+
+    model = tiny_model("llama")
+    eos = tiny_tokenizer.eos_token_id
+
+    def eos_first(module, args, logits):
+        logits = logits.clone()
+        logits[..., eos] = 1e4
+        return logits
+
+    model.lm_head.register_forward_hook(eos_first)
+    w = self_generated(model, tiny_tokenizer, 4, 12, seed=0, batch_size=3)
+    assert w.shape == (4, 12) and not (w[:, 1:] == eos).any()
 
 
 # ---------------------------------------------------------------------------- BOS

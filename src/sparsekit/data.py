@@ -440,7 +440,8 @@ def document_windows(documents: Sequence[str], tokenize: Callable[[str], torch.T
 
 def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
                         sampling: str = "random", model=None, bos: bool = False,
-                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                        progress: Callable[[int, int], None] | None = None,
+                        note: Callable[[str], None] | None = None) -> torch.Tensor:
     """`nsamples` windows of `seqlen` tokens for calibration: [nsamples, seqlen].
 
     - random: window starts drawn from the tokenized text (`stream_windows`); for c4, one
@@ -448,7 +449,8 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     - first: the first `nsamples` non-overlapping windows (no randomness; not for c4).
     `source` "self" samples the text from `model` instead (see `self_generated`; it already
     starts from BOS; ``progress(tokens done, total)`` follows the generation). With `bos`, every
-    window's first token is the tokenizer's BOS (`with_bos`).
+    window's first token is the tokenizer's BOS (`with_bos`). ``note(text)`` is told when the
+    windows ask for more tokens than the text has (random windows then overlap heavily).
     """
     if nsamples < 1:
         raise UsageError(f"--nsamples must be at least 1, got {nsamples}")
@@ -473,6 +475,10 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
             w = windows(ids, seqlen, nsamples).clone()
         else:
             w = stream_windows(ids, nsamples, seqlen, seed)
+            if note is not None and nsamples * seqlen > ids.numel():
+                note(f"--nsamples {nsamples} x --seqlen {seqlen} = {nsamples * seqlen} tokens drawn from a text of "
+                     f"{ids.numel()}: the windows overlap, each token is in {nsamples * seqlen / ids.numel():.1f} "
+                     "of them on average; more text (or fewer windows) calibrates on more distinct data")
     return with_bos(w, tokenizer.bos_token_id) if bos else w
 
 

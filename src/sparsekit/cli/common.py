@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsekit.registry import Registry
 
@@ -51,15 +51,32 @@ def emit_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
+
+
+def progress_mode(quiet: bool = False) -> str:
+    """How progress is shown: ``$SPARSEKIT_PROGRESS`` (auto: a bar in a terminal, one line per stage
+    otherwise; bar; lines; off), and never with ``--json`` (``quiet``)."""
+    mode = os.environ.get("SPARSEKIT_PROGRESS", "auto").strip().lower() or "auto"
+    if quiet or mode not in PROGRESS_MODES or mode == "off":
+        return "off"
+    if mode == "auto":
+        return "bar" if err.is_terminal else "lines"
+    return mode
+
+
 class ProgressView:
-    """The progress callback of a workflow, drawn on stderr in a terminal (nothing otherwise, or
-    with ``quiet``): one line with the current stage, a bar when the stage's total is known."""
+    """The progress callback of a workflow, on stderr: in a terminal one live line with the current
+    stage, a bar, the count and an estimate of the time left when the stage's total is known;
+    otherwise one line per stage, as it starts (`progress_mode`)."""
 
     def __init__(self, quiet: bool = False):
+        self.mode = progress_mode(quiet)
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=err, transient=True,
-                                  disable=quiet or not err.is_terminal)
+                                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err,
+                                  transient=True, disable=self.mode != "bar")
         self._task = None
+        self._stage: str | None = None
 
     def __enter__(self) -> "ProgressView":
         self._progress.__enter__()
@@ -70,6 +87,9 @@ class ProgressView:
         self._progress.__exit__(*exc)
 
     def __call__(self, stage: str, done: int | None = None, total: int | None = None) -> None:
+        if self.mode == "lines" and stage != self._stage:
+            err.print(f"{stage} ...", highlight=False, markup=False, soft_wrap=True)
+        self._stage = stage
         self._progress.update(self._task, description=stage, completed=done or 0, total=total)
 
 

@@ -26,6 +26,9 @@ def eval_cmd(
         "--act-mode", help="Activation sparsity saved with the model: auto (as recorded), all (every token), "
                            "decode (one-token steps only: every evaluation window is prefill, so it stays "
                            "dense), or off.")] = "auto",
+    compare: Annotated[Optional[str], typer.Option(
+        "--compare", help="Also evaluate this model (e.g. the dense original) the same way, and show what the "
+                          "first one costs against it (perplexity ratio).")] = None,
     dtype: DtypeOpt = "auto", device: DeviceOpt = "auto", offload: OffloadOpt = False,
     trust_remote_code: TrustOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -39,17 +42,23 @@ def eval_cmd(
     with ProgressView(quiet=json_out) as progress:
         res = evaluate(model, data, seqlen=seqlen, max_windows=max_windows, batch_size=batch_size, bos=bos,
                        act_mode=act_mode, dtype=dtype, device=device, offload=offload,
-                       trust_remote_code=trust_remote_code, progress=progress)
+                       trust_remote_code=trust_remote_code, baseline=compare, progress=progress)
     if json_out:
         emit_json(res.to_json())
         return
-    r = res.result
-    table = Table(title=f"Perplexity of {model}")
-    for col in ("data", "seqlen", "bos", "windows", "tokens", "perplexity", "weight sparsity", "seconds"):
-        table.add_column(col, justify="left" if col == "data" else "right")
-    table.add_row(res.data, str(res.seqlen), res.bos, str(r.windows), str(r.tokens), f"{r.ppl:.4f}",
-                  f"{res.sparsity.overall:.2%}", f"{r.seconds:.1f}")
+    title = f"Perplexity of {model}" + (f" against {compare}" if compare else "")
+    table = Table(title=title)
+    for col in (*(("model",) if compare else ()), "data", "seqlen", "bos", "windows", "tokens", "perplexity",
+                "weight sparsity", "seconds"):
+        table.add_column(col, justify="left" if col in ("data", "model") else "right")
+    for row in ([res.baseline] if compare else []) + [res]:
+        r = row.result
+        table.add_row(*((row.model,) if compare else ()), row.data, str(row.seqlen), row.bos, str(r.windows),
+                      str(r.tokens), f"{r.ppl:.4f}", f"{row.sparsity.overall:.2%}", f"{r.seconds:.1f}")
     out.print(table)
+    if compare:
+        out.print(f"Quality cost: perplexity {res.ppl:.2f} against {res.baseline.ppl:.2f} "
+                  f"({res.ppl / res.baseline.ppl:.2f}x) at {res.sparsity.overall:.1%} weight sparsity")
     if res.activation:
         out.print(activation_report_table(res.activation))
 

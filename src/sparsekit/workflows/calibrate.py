@@ -88,7 +88,7 @@ def _calibrate(model, output: str, cal: Calibration, notes: list[str], watch: St
     check_finite_weights(found)
     seqlen = resolve_seqlen(loaded.model, cal.seqlen)
     bos = bos_id(loaded, cal.bos)
-    ids = calibration_ids(loaded, cal, seqlen, bos, progress)
+    ids = calibration_ids(loaded, cal, seqlen, bos, progress, notes)
     settings = {**calibration_settings(cal, seqlen, bos), "hessian": hessian, "activations": activations,
                 "targets": targets, "ignore": ignore, "versions": versions()}
     writer = StatsWriter(output, fingerprint(loaded.model, found), settings)

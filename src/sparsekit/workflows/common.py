@@ -106,7 +106,8 @@ def load(model: str | LoadedModel, *, progress: Progress | None = None, **kwargs
         return model, 0.0
     quiet_transformers()
     watch = Stopwatch()
-    notify(progress, f"loading {model} (a .gguf is converted once, ~1 min)")
+    kind = check_model_spec(str(model))
+    notify(progress, f"loading {model}" + (" (a .gguf is converted once, ~1 min)" if kind in ("demo", "gguf") else ""))
     loaded = loading.load(model, **kwargs)
     return loaded, watch()
 
@@ -136,12 +137,13 @@ def engine_placement(device: str, offload: bool) -> tuple[str, str | None]:
 
 
 def calibration_ids(loaded: LoadedModel, cal, seqlen: int, bos: int | None,
-                    progress: Progress | None = None) -> torch.Tensor:
+                    progress: Progress | None = None, notes: list[str] | None = None) -> torch.Tensor:
     stage = (f"generating {cal.nsamples} x {seqlen} calibration tokens with the model" if cal.data == "self" else
              f"preparing {cal.nsamples} x {seqlen} calibration windows from {cal.data}")
     notify(progress, stage)
     ids = calibration_windows(loaded.tokenizer, cal.data, cal.nsamples, seqlen, cal.seed, cal.sampling,
-                              model=loaded.model, progress=lambda done, total: notify(progress, stage, done, total))
+                              model=loaded.model, progress=lambda done, total: notify(progress, stage, done, total),
+                              note=None if notes is None else notes.append)
     return with_bos(ids, bos) if bos is not None and cal.data != "self" else ids
 
 

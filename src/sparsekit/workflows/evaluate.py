@@ -34,6 +34,7 @@ class EvalResult:
     dtype: str
     activation: dict | None       # measured zeroed share per layer type (None without thresholds)
     activation_method: str | None
+    baseline: "EvalResult | None" = None   # the same evaluation of another model (--compare)
 
     @property
     def ppl(self) -> float:
@@ -45,7 +46,9 @@ class EvalResult:
                 "bos_option": self.bos_option, "windows": r.windows, "tokens": r.tokens, "ppl": r.ppl, "nll": r.nll,
                 "weight_sparsity": self.sparsity.overall, "sparsity_by_type": self.sparsity.by_kind(),
                 "seconds": round(r.seconds, 3), "load_seconds": round(self.load_seconds, 3), "dtype": self.dtype,
-                "activation_sparsity": self.activation, "activation_method": self.activation_method}
+                "activation_sparsity": self.activation, "activation_method": self.activation_method,
+                **({"baseline": self.baseline.to_json(), "ppl_ratio": self.ppl / self.baseline.ppl}
+                   if self.baseline is not None else {})}
 
 
 DEFAULT_EVAL_DATA = "wikitext2"
@@ -64,7 +67,7 @@ def _check_thresholds_saved(model: str | LoadedModel, act_mode: str) -> None:
 def evaluate(model: str | LoadedModel, data: str | None = None, *, seqlen: int | None = None,
              max_windows: int | None = None, batch_size: int = 1, bos: str = "auto", act_mode: str = "auto",
              dtype: str = "auto", device: str = "auto", offload: bool = False, trust_remote_code: bool = False,
-             progress: Progress | None = None) -> EvalResult:
+             baseline: str | LoadedModel | None = None, progress: Progress | None = None) -> EvalResult:
     """Perplexity of ``model`` on ``data`` (a named dataset with its reference protocol, or a local
     file; default wikitext2), plus its measured weight sparsity.
 
@@ -73,7 +76,8 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, seqlen: int |
     ppl = exp(mean token NLL). ``bos`` always puts BOS in place of each window's (unscored) first
     token. ``act_mode``: activation sparsity saved with the model as recorded (auto), on every
     token (all), on one-token steps only (decode: evaluation windows are prefill, so they stay
-    dense) or off."""
+    dense) or off. ``baseline``: another model (e.g. the dense one) evaluated the same way first,
+    so the result says what pruning cost (``ppl_ratio``)."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if max_windows is not None and max_windows < 1:
@@ -83,11 +87,19 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, seqlen: int |
     check_choice("--act-mode", act_mode, LOAD_ACTIVATION)
     check_load_options(dtype, device, offload)
     check_model(model)
+    if baseline is not None:
+        check_model(baseline)
     if act_mode in ACT_MODES:
         _check_thresholds_saved(model, act_mode)
     default = data is None
     data = DEFAULT_EVAL_DATA if default else data
     check_data_request(data, "test", why="eval" if default else None)
+    base = None
+    if baseline is not None:
+        base = evaluate(baseline, data, seqlen=seqlen, max_windows=max_windows, batch_size=batch_size, bos=bos,
+                        act_mode="auto", dtype=dtype, device=device, offload=offload,
+                        trust_remote_code=trust_remote_code, progress=progress)
+        seqlen = base.seqlen
     loaded, load_s = load(model, progress=progress, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                           offload=offload, activation=act_mode)
     count_activation(loaded.model)  # the measured shares beside the perplexity
@@ -109,4 +121,4 @@ def evaluate(model: str | LoadedModel, data: str | None = None, *, seqlen: int |
     act = activation_sparsity_report(loaded.model) or None
     method = ((loaded.meta or {}).get("activation") or {}).get("method") if act else None
     return EvalResult(str(loaded.source), data, seqlen, "always" if bos_token is not None else "never", bos, result,
-                      weight_sparsity(loaded.model), load_s, model_dtype(loaded.model), act, method)
+                      weight_sparsity(loaded.model), load_s, model_dtype(loaded.model), act, method, base)

@@ -143,16 +143,20 @@ def prune(model: str | LoadedModel, recipe: Recipe, output: str | Path | None = 
         elif calibrates:
             if ids is None:
                 seqlen = resolve_seqlen(loaded.model, cal.seqlen)
-                ids = calibration_ids(loaded, cal, seqlen, bos, progress)
+                ids = calibration_ids(loaded, cal, seqlen, bos, progress, notes)
             calib = {**calibration_settings(cal, int(ids.shape[1]), bos), "stats": None}
             if isinstance(data, torch.Tensor):
                 calib.update(data="(token ids)", nsamples=int(ids.shape[0]))
 
         label = f"{recipe.method} {recipe.pattern} @ {recipe.sparsity:g}"
-        notify(progress, label)
+        stage = [label]  # the phase the engine is in: "<label>: allocating layer sparsities", "<label>: pruning"
+
+        def phase(name: str) -> None:
+            stage[0] = f"{label}: {name}"
+            notify(progress, stage[0])
+
         run = prune_model(loaded.model, recipe, found, calibration=ids, stats=saved, device=run_on,
-                          on_layer=lambda i, n: notify(progress, label, i + 1, n),
-                          on_phase=lambda phase: notify(progress, f"{label}: {phase}"))
+                          on_layer=lambda i, n: notify(progress, stage[0], i + 1, n), on_phase=phase)
         act = None
         if recipe.activation != "none":
             stage = f"{recipe.activation} activation thresholds @ {recipe.act_sparsity:g}"
