@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--filter", default="", help="only jobs whose name contains this text")
     args = ap.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
-    from kernels import DEFAULT_CONFIGS, PANEL_CHOICES, TUNE  # benchmarks/kernels.py
+    from kernels import DEFAULT_CONFIGS, PANEL_CHOICES, TUNE  # benchmarks/kernel_speed.py
 
     configs = list(TUNE) if args.tune else list(DEFAULT_CONFIGS)
     jobs = s24_jobs(configs, PANEL_CHOICES)

@@ -36,7 +36,7 @@ triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
     step 120 "$out/pytest.log" $py -m pytest -q -p no:cacheprovider -x tests/kernels tests/runtime \
       tests/workflows/test_bench.py
     # bf16 sweep at M = 1..8192, then the chosen configs in fp16; prints the DISPATCH tables
-    step 330 "$out/kernels.log" $py benchmarks/kernels.py --tune --budget 260 \
+    step 330 "$out/kernels.log" $py benchmarks/kernel_speed.py --tune --budget 260 \
       --out "$out/kernels.json"
     ;;
   b)

@@ -442,3 +442,25 @@ def test_dataset_column_reads_rows_lazily():
     tok = WordTokenizer()
     tokenize = lambda t: tok(t).input_ids[0]  # noqa: E731
     assert torch.equal(document_windows(col, tokenize, 4, 20, seed=5), document_windows(docs, tokenize, 4, 20, seed=5))
+
+
+def test_sampling_model_is_a_bf16_copy_only_where_faster(monkeypatch):
+    """Self-generation samples with a bfloat16 copy where the CPU is faster in bf16; the model
+    itself (the one being pruned) is never changed."""
+    from conftest import tiny_model
+
+    import sparsekit.data as data
+
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(data, "_faster_in_bfloat16", lambda: True)
+    copy = data.sampling_model(model)
+    assert copy is not model and next(copy.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    monkeypatch.setattr(data, "_available_memory", lambda: 1000)  # no room for a copy
+    assert data.sampling_model(model) is model
+    monkeypatch.setattr(data, "_available_memory", lambda: 1 << 40)
+    monkeypatch.setattr(data, "_faster_in_bfloat16", lambda: False)
+    assert data.sampling_model(model) is model
+    assert data.sampling_model(model.to(torch.bfloat16)) is model  # already 16-bit: sampled as it is

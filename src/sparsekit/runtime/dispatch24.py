@@ -1,5 +1,5 @@
 """Which path multiplies M rows by a 2:4 weight: pure functions of (M, dtype, GPU capability)
-over tables measured by ``benchmarks/kernels.py --tune``.
+over tables measured by ``benchmarks/kernel_speed.py --tune``.
 
 A table is a tuple of entries ``(max_m, backend, config)`` in ascending ``max_m`` (``None`` =
 no bound); the first entry with ``M <= max_m`` wins:
@@ -40,7 +40,7 @@ DEFAULT_DISPATCH: tuple[Entry, ...] = (
     (None, "triton", "mma:bn64:bg16:bm128:o2:s:p1:w8:s3"),
 )
 
-# (major, minor, dtype name) -> table; paste the output of `benchmarks/kernels.py --tune`
+# (major, minor, dtype name) -> table; paste the output of `benchmarks/kernel_speed.py --tune`
 DISPATCH: dict[tuple[int, int, str], tuple[Entry, ...]] = {}
 
 

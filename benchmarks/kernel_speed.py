@@ -1,8 +1,8 @@
 """2:4 kernel benchmark: correctness, copy bandwidth, dense cuBLAS vs cuSPARSELt vs sparsekit's
 Triton kernels on the Llama-3-8B linear shapes, and (--tune) the dispatch tables to paste.
 
-GPU:   python3 benchmarks/kernels.py --out results.json [--tune] [--budget 300]
-Smoke: TRITON_INTERPRET=1 python3 benchmarks/kernels.py --smoke   (CPU, tiny, no timing claims)
+GPU:   python3 benchmarks/kernel_speed.py --out results.json [--tune] [--budget 300]
+Smoke: TRITON_INTERPRET=1 python3 benchmarks/kernel_speed.py --smoke   (CPU, tiny, no timing claims)
 
 Timing: every variant is captured in a CUDA graph whose body calls it once per weight copy,
 rotating over enough copies (>= --rotate-mb, default 400 MB) that L2 never holds the weights;
