@@ -38,16 +38,11 @@ from sparsekit.dtypes import DTYPES
 from sparsekit.errors import UsageError
 from sparsekit.exporting.codec_base import Codec, DecodeError
 from sparsekit.exporting.codecs import FORMATS
-from sparsekit.files.layout import check_safetensors, weight_files
-from sparsekit.files.meta import read_meta
+from sparsekit.files.layout import ST_DTYPES, check_safetensors, weight_files
+from sparsekit.files.meta import META_FILE, read_meta
 
 __all__ = ["describe", "is_export", "load_export", "load_tokenizer"]
 
-# safetensors dtype code -> (torch name, bytes per element)
-_ST_DTYPES = {"BF16": ("bfloat16", 2), "F16": ("float16", 2), "F32": ("float32", 4),
-              "F64": ("float64", 8), "I64": ("int64", 8), "I32": ("int32", 4),
-              "I16": ("int16", 2), "U8": ("uint8", 1), "I8": ("int8", 1), "BOOL": ("bool", 1),
-              "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1)}
 
 
 def _json(path: Path) -> dict | None:
@@ -75,7 +70,7 @@ def is_export(path: str | Path) -> str | None:
         for name, codec in FORMATS.items():
             if codec.ct_format == fmt:
                 return name
-    meta = _json(path / "sparsekit.json") or {}  # a damaged file is reported by read_meta on loading
+    meta = _json(path / META_FILE) or {}  # a damaged file is reported by read_meta on loading
     export = meta.get("export")
     if isinstance(export, dict) and export.get("format") in FORMATS:
         return export["format"]
@@ -253,7 +248,7 @@ class _Layer:
 
     def dtype(self, part: str) -> torch.dtype:
         code = self._slice(part, lambda f, key: f.get_slice(key).get_dtype())
-        return getattr(torch, _ST_DTYPES[code][0])
+        return getattr(torch, ST_DTYPES[code][0])
 
     def nbytes(self, part: str) -> int:
         shape, code = self._slice(part, lambda f, key: (f.get_slice(key).get_shape(),
@@ -261,7 +256,7 @@ class _Layer:
         numel = 1
         for d in shape:
             numel *= d
-        return numel * _ST_DTYPES[code][1]
+        return numel * ST_DTYPES[code][1]
 
 
 def describe(path: str | Path) -> dict:

@@ -28,10 +28,13 @@ SINGLE_FILE = "model.safetensors"
 SIDE_FILE_GLOB = "sparsekit-*.safetensors"
 STATS_FORMAT = "sparsekit-stats"  # the "format" of a `sparsekit calibrate` file's metadata
 _MAX_HEADER = 100 * 1024**2
-# bytes per element by safetensors dtype code (sub-byte and unknown codes: size not checked)
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-             "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
-             "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+# safetensors dtype code -> (the torch dtype's name, bytes per element); sub-byte and unknown
+# codes are not listed (their sizes are not checked)
+ST_DTYPES = {"BOOL": ("bool", 1), "U8": ("uint8", 1), "I8": ("int8", 1), "F8_E4M3": ("float8_e4m3fn", 1),
+             "F8_E5M2": ("float8_e5m2", 1), "F8_E8M0": ("float8_e8m0fnu", 1), "I16": ("int16", 2),
+             "U16": ("uint16", 2), "F16": ("float16", 2), "BF16": ("bfloat16", 2), "I32": ("int32", 4),
+             "U32": ("uint32", 4), "F32": ("float32", 4), "I64": ("int64", 8), "U64": ("uint64", 8),
+             "F64": ("float64", 8), "C64": ("complex64", 8)}
 
 
 class DamagedFile(ValueError):
@@ -97,7 +100,7 @@ def read_header(path: str | Path) -> dict:
                 numel *= int(d)
         except (KeyError, TypeError, ValueError):
             raise DamagedFile(f"tensor {name} has no valid shape/data_offsets") from None
-        itemsize = _ITEMSIZE.get(entry.get("dtype"))
+        itemsize = ST_DTYPES.get(entry.get("dtype"), (None, None))[1]
         if not 0 <= start <= stop or (itemsize is not None and stop - start != numel * itemsize):
             raise DamagedFile(f"tensor {name} has inconsistent data_offsets {[start, stop]}")
         end = max(end, stop)

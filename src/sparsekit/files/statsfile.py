@@ -37,7 +37,7 @@ from sparsekit.anatomy import decoder_layers
 from sparsekit.calibration.stats import InputStats
 from sparsekit.errors import UsageError
 from sparsekit.files.atomic import temporary_path
-from sparsekit.files.layout import DamagedFile
+from sparsekit.files.layout import ST_DTYPES, DamagedFile
 from sparsekit.files.layout import read_header as safetensors_header
 from sparsekit.files.thresholds import SKETCH_TAG, sketches_from_tensors
 
@@ -46,8 +46,9 @@ VERSION = 2
 DIGEST_SAMPLES = 4096
 STATE_KEYS = ("version", "nsamples", "ntokens", "sq_norm", "mean", "m2", "hessian")
 
-_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-           torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+# torch dtype -> safetensors code, for the dtypes statistics are stored in
+_DTYPES = {getattr(torch, ST_DTYPES[code][0]): code for code in ("F32", "F64", "F16", "BF16", "I64", "I32", "I8",
+                                                                  "U8", "BOOL")}
 
 
 # ------------------------------------------------------------------------------ fingerprint
