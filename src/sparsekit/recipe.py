@@ -4,7 +4,8 @@ is loaded, into an immutable value.
 A recipe is the composition of one choice per kind of plug-in, each with its own options
 (`sparsekit.registry`): a pruning method (``--method``, `sparsekit.pruning.methods`), a layer
 allocator (``--layerwise``, `sparsekit.pruning.allocators`), a refiner (``--refine``,
-`sparsekit.pruning.refiners`) and an activation-sparsity method (``--activation``,
+`sparsekit.pruning.refiners`), a weight update (``--update``, `sparsekit.pruning.updates`) and an
+activation-sparsity method (``--activation``,
 `sparsekit.activation.methods`), plus the target (sparsity, N:M pattern), which linears to
 prune, the activation stage (target, allocation, mode) and the calibration (`Calibration`).
 
@@ -36,6 +37,7 @@ from sparsekit.pruning.masks import parse_pattern
 from sparsekit.pruning.methods import METHODS
 from sparsekit.pruning.plugins import Target
 from sparsekit.pruning.refiners import REFINERS
+from sparsekit.pruning.updates import UPDATES
 from sparsekit.registry import Registry, regex
 from sparsekit.runtime.act_sparse import ACT_MODES
 
@@ -46,7 +48,7 @@ ACT_ALLOCATIONS = ("uniform", "greedy")
 DEFAULT_SPARSITY = 0.5
 DEFAULT_ACT_SPARSITY = 0.5
 # Every registry whose entries' options are recipe keywords (and CLI options), in recipe order.
-PLUGIN_REGISTRIES: tuple[Registry, ...] = (METHODS, ALLOCATORS, REFINERS, ACTIVATION_METHODS)
+PLUGIN_REGISTRIES: tuple[Registry, ...] = (METHODS, ALLOCATORS, REFINERS, UPDATES, ACTIVATION_METHODS)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Recipe:
     layerwise_options: Any = None
     refine: str = "none"
     refine_options: Any = None
+    update: str = "auto"               # auto (the method's own), or a weight update that refits the kept weights
+    update_options: Any = None
     targets: str | None = None
     ignore: str | None = None
     activation: str = "none"           # none, or an activation method's name
@@ -105,6 +109,12 @@ class Recipe:
         return REFINERS[self.refine]
 
     @property
+    def update_entry(self):
+        """The weight update that sets the kept weights (None: the method's selection as it is)."""
+        name = self.method_entry.update if self.update == "auto" else self.update
+        return None if name is None else UPDATES[name]
+
+    @property
     def pattern(self) -> str:
         return f"{self.nm[0]}:{self.nm[1]}" if self.nm else "unstructured"
 
@@ -114,7 +124,7 @@ class Recipe:
 
     @property
     def needs_hessian(self) -> bool:
-        return "hessian" in self.method_entry.needs
+        return "hessian" in self.method_entry.needs or (self.update != "auto" and "hessian" in self.update_entry.needs)
 
     @property
     def allocation_file(self) -> str | None:
@@ -130,8 +140,9 @@ class Recipe:
         """The options whose stages read calibration statistics, e.g. ["--method wanda", "--refine dsnot"]."""
         return [f"{flag} {value}" for flag, value, reads in (
             ("--method", self.method, bool(self.method_entry.needs)),
-            ("--layerwise", self.layerwise, self.allocator.uses_scores),
+            ("--layerwise", self.layerwise, self.allocator.uses_scores or self.allocator.reads_data),
             ("--refine", self.refine, self.refiner.refine is not None),
+            ("--update", self.update, self.update != "auto" and bool(self.update_entry.needs)),
             ("--activation", self.activation, self.activation != "none")) if reads]
 
     def to_json(self) -> dict:
@@ -140,6 +151,8 @@ class Recipe:
         doc: dict = {"method": self.method, "sparsity": self.sparsity, **Registry.options_json(self.method_options),
                      "layerwise": self.layerwise, **Registry.options_json(self.layerwise_options),
                      "refine": self.refine, **Registry.options_json(self.refine_options),
+                     **({"update": self.update, **Registry.options_json(self.update_options)}
+                        if self.update != "auto" else {}),
                      "targets": self.targets, "ignore": self.ignore, "activation": self.activation}
         if self.activation != "none":
             doc.update(act_sparsity=self.act_sparsity, act_allocation=self.act_allocation, act_mode=self.act_mode,
@@ -204,7 +217,7 @@ def plugin_option_names() -> set[str]:
 
 
 def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern: str = "unstructured",
-                layerwise: str = "uniform", refine: str = "none", targets: str | None = None,
+                layerwise: str = "uniform", refine: str = "none", update: str = "auto", targets: str | None = None,
                 ignore: str | None = None, activation: str = "none", act_sparsity: float | None = None,
                 act_allocation: str | None = None, act_mode: str | None = None,
                 calibration: Calibration | None = None, **options) -> Recipe:
@@ -249,6 +262,21 @@ def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern
     refine_options = REFINERS.make_options(refine, options)
     if refiner.check is not None:
         refiner.check(refine_options, target)
+    update_options = None
+    if update == "auto":
+        given = [UPDATES.option_specs()[k].flag for k in UPDATES.option_specs() if options.get(k) not in (None, False)]
+        if given:
+            raise UsageError(f"{given[0]} applies to a weight update: add --update "
+                             f"{'|'.join(UPDATES)} or drop it")
+    else:
+        if update not in UPDATES:
+            raise UsageError(f"unknown --update {update!r}: use one of auto, {', '.join(UPDATES)}")
+        if entry.select is None:
+            raise UsageError(f"--update refits pruned weights: give a --method other than {method}")
+        update_entry = UPDATES[update]
+        update_options = UPDATES.make_options(update, options)
+        if update_entry.check is not None:
+            update_entry.check(update_options, target)
     for option, value in (("--targets", targets), ("--ignore", ignore)):
         if value is not None:
             regex(option, value)
@@ -283,6 +311,7 @@ def make_recipe(*, method: str = "wanda", sparsity: float | None = None, pattern
 
     recipe = Recipe(method=method, sparsity=sparsity, nm=nm, method_options=method_options, layerwise=layerwise,
                     layerwise_options=layerwise_options, refine=refine, refine_options=refine_options,
+                    update=update, update_options=update_options,
                     targets=targets, ignore=ignore, activation=activation,
                     act_sparsity=DEFAULT_ACT_SPARSITY if act_sparsity is None else act_sparsity,
                     act_allocation=act_allocation or "uniform", act_mode=act_mode or "all",
@@ -309,6 +338,7 @@ def recipe_from_json(doc: dict) -> Recipe:
     pattern = doc.get("pattern", "unstructured")
     return make_recipe(method=doc["method"], sparsity=None if pattern != "unstructured" else doc.get("sparsity"),
                        pattern=pattern, layerwise=doc.get("layerwise", "uniform"), refine=doc.get("refine", "none"),
+                       update=doc.get("update", "auto"),
                        targets=doc.get("targets"), ignore=doc.get("ignore"), activation=doc.get("activation", "none"),
                        act_sparsity=doc.get("act_sparsity"), act_allocation=doc.get("act_allocation"),
                        act_mode=doc.get("act_mode"), calibration=calibration,

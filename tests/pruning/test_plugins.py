@@ -89,3 +89,35 @@ def test_unregistered_method_is_gone(cli):
     assert "--stride-offset" not in stdout
     with pytest.raises(TypeError, match="stride_offset"):
         make_recipe(method="wanda", stride_offset=1)
+
+
+def test_a_searching_allocator_is_a_plan_function(tiny_model_dir, tmp_path):
+    """An allocator that decides the layer sparsities itself (as a search would) plugs in through
+    `plan`: it sees the dense model and the calibration windows, and its plan is applied and recorded."""
+    from sparsekit.pruning.allocation import weighted_mean
+    from sparsekit.pruning.allocators import ALLOCATORS
+    from sparsekit.pruning.plugins import Allocator
+
+    seen = {}
+
+    def ramp(context, options):
+        seen["calibration"] = tuple(context.calibration.shape)
+        n = len(context.groups)
+        base = [context.recipe.sparsity + 0.1 * (i - (n - 1) / 2) for i in range(n)]
+        shift = context.recipe.sparsity - weighted_mean(base, context.params)
+        return [b + shift for b in base], list(range(n))
+
+    ALLOCATORS.register(Allocator("ramp", "a ramp over the layers", plan=ramp, reads_data=True))
+    try:
+        (tmp_path / "t.txt").write_text("some calibration text for the ramp " * 50)
+        recipe = make_recipe(method="wanda", sparsity=0.5, layerwise="ramp",
+                             calibration=sparsekit.make_calibration(data=str(tmp_path / "t.txt"), nsamples=2,
+                                                                    seqlen=16))
+        result = sparsekit.prune(str(tiny_model_dir("llama")), recipe)
+        alloc = result.run.allocation
+        assert seen["calibration"] == (2, 16) and list(alloc.values())[0] < list(alloc.values())[-1]
+        assert result.meta["layer_sparsity"] == alloc and result.meta["recipe"]["layerwise"] == "ramp"
+        assert weighted_mean(list(alloc.values()), [1] * len(alloc)) == pytest.approx(0.5)
+        assert result.sparsity.overall == pytest.approx(0.5, abs=0.01)
+    finally:
+        ALLOCATORS.unregister("ramp")

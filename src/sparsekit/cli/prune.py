@@ -13,6 +13,7 @@ from sparsekit.cli.tables import activation_table, allocation_table, prune_table
 from sparsekit.pruning.allocators import ALLOCATORS
 from sparsekit.pruning.methods import METHODS
 from sparsekit.pruning.refiners import REFINERS
+from sparsekit.pruning.updates import UPDATES
 from sparsekit.recipe import PLUGIN_REGISTRIES, make_calibration, make_recipe
 from sparsekit.workflows.prune import prune
 
@@ -35,6 +36,9 @@ def _command():
             "Sparsity per decoder layer (unstructured only; the parameter-weighted mean stays --sparsity): "))
             ] = "uniform",
         refine: Annotated[str, typer.Option("--refine", help=REFINERS.help_text())] = "none",
+        update: Annotated[str, typer.Option("--update", help=UPDATES.help_text(
+            "Refit the kept weights for the final mask: auto (the method's own: sparsegpt's OBS update, none for "
+            "the others); "))] = "auto",
         activation: Annotated[str, typer.Option("--activation", help=ACTIVATION_METHODS.help_text(
             "Dynamic activation sparsity, calibrated on the (pruned) model and saved with it: none; "))] = "none",
         act_sparsity: Annotated[Optional[float], typer.Option(
@@ -73,6 +77,7 @@ def _command():
         cal = make_calibration(data=data, nsamples=nsamples, seqlen=seqlen, seed=seed, sampling=sampling, bos=bos,
                                batch_size=batch_size, stats=stats)
         recipe = make_recipe(method=method, sparsity=sparsity, pattern=pattern, layerwise=layerwise, refine=refine,
+                             update=update,
                              targets=targets, ignore=ignore, activation=activation, act_sparsity=act_sparsity,
                              act_allocation=act_allocation, act_mode=act_mode, calibration=cal, **options)
         with ProgressView(quiet=json_out) as progress:

@@ -29,7 +29,7 @@ from sparsekit.errors import NumericalError, UsageError
 from sparsekit.anatomy import decoder_layers
 from sparsekit.files.statsfile import SavedStats
 from sparsekit.pruning.masks import apply_mask_, wanda_scores
-from sparsekit.pruning.plugins import Method, RefineArgs, SelectArgs, Selection
+from sparsekit.pruning.plugins import Method, PlanContext, RefineArgs, SelectArgs, Selection
 from sparsekit.pruning.updates import UPDATES
 from sparsekit.recipe import Recipe, check_against_model
 
@@ -115,6 +115,13 @@ def plan_sparsity(model: nn.Module, recipe: Recipe, targets: Mapping[str, nn.Mod
     if allocator.from_file is not None:
         values = allocator.from_file(recipe.layerwise, list(groups))
         return dict(zip(groups, values)), None, times
+    if allocator.plan is not None:
+        if allocator.reads_data and calibration is None and stats is None:
+            raise UsageError(f"--layerwise {recipe.layerwise} needs calibration data: give --data or --stats")
+        context = PlanContext(model, recipe, targets, groups, params, calibration, stats, device,
+                              offload_activations, on_layer)
+        sparsities, per_layer = allocator.plan(context, options)
+        return dict(zip(groups, sparsities)), None if per_layer is None else dict(zip(groups, per_layer)), times
     if not allocator.uses_scores:
         return {layer: recipe.sparsity for layer in groups}, None, times
 
@@ -167,13 +174,22 @@ def _refine(dense: torch.Tensor, selection: Selection, stats: InputStats, recipe
     start = time.perf_counter()
     refined = recipe.refiner.refine(dense, selection, stats, RefineArgs(recipe.nm, recipe.refine_options))
     if not torch.equal(refined.mask, selection.mask):
-        if method.update is not None:
+        if recipe.update == "auto" and method.update is not None:
             note = selection.note
             selection = UPDATES[method.update].refit(dense, stats, refined.mask, args)
             selection.note = selection.note or note
-        else:
+        else:  # no update, or a chosen one: it refits for the final mask after refinement
             selection = Selection(refined.mask, selection.weight, selection.note)
     return selection, refined.swaps, time.perf_counter() - start
+
+
+def _chosen_update(dense: torch.Tensor, selection: Selection, stats: InputStats, recipe: Recipe,
+                   sparsity: float) -> Selection:
+    """``--update X``: the kept weights of the final mask refitted by X from the dense weights."""
+    note = selection.note
+    out = recipe.update_entry.refit(dense, stats, selection.mask, SelectArgs(sparsity, recipe.nm, recipe.update_options))
+    out.note = "; ".join(n for n in (note, out.note) if n)
+    return out
 
 
 def prune_linear(name: str, lin: nn.Module, recipe: Recipe, stats: InputStats | None, sparsity: float,
@@ -191,6 +207,8 @@ def prune_linear(name: str, lin: nn.Module, recipe: Recipe, stats: InputStats | 
     refine_s, swaps = 0.0, None
     if _refines(recipe, name):
         selection, swaps, refine_s = _refine(work, selection, stats, recipe, method, args)
+    if recipe.update != "auto":
+        selection = _chosen_update(work, selection, stats, recipe, sparsity)
     if selection.weight is not None:
         work.copy_(selection.weight)
     apply_mask_(work, selection.mask)

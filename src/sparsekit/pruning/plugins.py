@@ -16,7 +16,7 @@ Each entry is a `sparsekit.registry.Plugin` (name, help, options dataclass). The
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from sparsekit.calibration.stats import InputStats
 from sparsekit.registry import Plugin
 
-__all__ = ["Allocator", "Method", "Refined", "RefineArgs", "Refiner", "SelectArgs", "Selection", "Target", "Update"]
+__all__ = ["Allocator", "Method", "PlanContext", "Refined", "RefineArgs", "Refiner", "SelectArgs", "Selection", "Target", "Update"]
 
 
 @dataclass
@@ -71,8 +71,12 @@ Refit = Callable[[torch.Tensor, InputStats, torch.Tensor, SelectArgs], Selection
 
 @dataclass(frozen=True)
 class Update(Plugin):
+    """``refit(dense weight, stats, mask, args)``: the Selection for exactly that mask (its kept
+    weights). ``args.options`` is the update's own options when it is chosen with ``--update``, the
+    method's options when a method names it as its own update."""
     needs: frozenset[str] = field(default_factory=frozenset)
-    refit: Refit | None = None         # (dense weight, stats, mask, args) -> Selection for exactly that mask
+    refit: Refit | None = None
+    check: Check | None = None
 
 
 @dataclass(frozen=True)
@@ -97,16 +101,37 @@ class Refiner(Plugin):
     check: Check | None = None
 
 
+@dataclass
+class PlanContext:
+    """What an allocator that searches (``Allocator.plan``) may use: the model (dense, before any
+    pruning), the recipe, the targets by decoder layer and their parameter counts, the calibration
+    token ids or saved statistics, where layers run, and a progress callback ``on_layer(i, n)``."""
+    model: Any
+    recipe: Any
+    targets: Mapping[str, Any]
+    groups: dict[str, list[str]]       # decoder layer name -> its target linears, in layer order
+    params: list[int]                  # target parameters per decoder layer, same order
+    calibration: torch.Tensor | None = None
+    stats: Mapping[str, Any] | None = None
+    device: Any = None
+    offload_activations: bool | None = None
+    on_layer: Callable[[int, int], None] | None = None
+
+
 @dataclass(frozen=True)
 class Allocator(Plugin):
     """``uses_scores``: the layer values come from every layer's dense Wanda scores (one value per
     layer by ``layer_value``, spread into sparsities by ``spread``); ``from_file``: the sparsities
-    are read from the path the user gave (``accepts`` recognises such a value); neither: every
-    layer gets the target (uniform)."""
+    are read from the path the user gave (``accepts`` recognises such a value); ``plan``: any other
+    way, e.g. a search (``plan(context, options) -> (sparsities, per-layer values or None)``, one
+    per decoder layer in ``context.groups`` order, parameter-weighted mean the target); none of
+    these: every layer gets the target (uniform). ``reads_data``: ``plan`` needs calibration data."""
     uses_scores: bool = False
     layer_value: Callable[[list[torch.Tensor], Any], float] | None = None
     spread: Callable[[Sequence[float], Sequence[int], float, Any], list[float]] | None = None
     value_label: str | None = None     # what the per-layer value is, for summary tables
     accepts: Callable[[str], bool] | None = None
     from_file: Callable[[str, Sequence[str]], list[float]] | None = None
+    plan: Callable[["PlanContext", Any], tuple[list[float], "list[float] | None"]] | None = None
+    reads_data: bool = False
     check: Callable[[str, Any, Target], None] | None = None   # (the --layerwise value, options, target)
